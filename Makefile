@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test install lint demo-reset clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)  ## serve the demo at http://127.0.0.1:8000 (SQLite under ./data)
+	$(BIN)/teichaku migrate
+	$(BIN)/teichaku demo --if-empty
+	@echo "Serving at http://127.0.0.1:8000  (API docs: http://127.0.0.1:8000/docs)"
+	$(BIN)/teichaku serve
+
+test: $(STAMP)  ## the whole suite, on SQLite and (when it answers) PostgreSQL
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+demo-reset:  ## delete the demo database (asks first)
+	@read -p "Delete ./data/teichaku.db and all its data? [y/N] " a && [ "$$a" = y ] && rm -f data/teichaku.db* || echo "kept"
+
+clean:
+	rm -rf $(VENV) .pytest_cache tests/artifacts

@@ -1,0 +1,52 @@
+"""Offices and the staff who work in them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from service.db import StrEnumType, UTCDateTime, utcnow
+
+# Municipal offices close for the New Year (12/29 to 1/3) on top of public holidays.
+DEFAULT_CLOSED_DAYS = ["12-29", "12-30", "12-31", "01-01", "01-02", "01-03"]
+
+
+class Role(enum.StrEnum):
+    worker = "worker"
+    manager = "manager"
+    admin = "admin"
+
+
+class Language(enum.StrEnum):
+    ja = "ja"
+    en = "en"
+
+
+class Office(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    timezone: str = Field(default="Asia/Tokyo", max_length=64)
+    # Recurring "MM-DD" or one-off "YYYY-MM-DD" days the office is closed beyond public holidays.
+    closed_days: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CLOSED_DAYS), sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    default_plan: str = Field(default="standard-3m", max_length=64)
+    phone: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class StaffUser(SQLModel, table=True):
+    __tablename__ = "staff_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True})
+    name: str = Field(max_length=200)
+    role: Role = Field(sa_type=StrEnumType(Role))
+    language: Language = Field(default=Language.ja, sa_type=StrEnumType(Language))
+    office_id: int = Field(foreign_key="office.id", index=True)
+    password_hash: str = Field(max_length=255)
+    is_active: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

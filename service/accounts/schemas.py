@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.accounts.models import Language, Role
+from service.schedules.calendar import parse_closed_day
+from service.validation import Email, Phone, TimeZoneName
+
+
+class OfficeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    timezone: TimeZoneName = "Asia/Tokyo"
+    closed_days: list[str] | None = Field(default=None, max_length=400)
+    default_plan: str = Field(default="standard-3m", max_length=64)
+    phone: Phone | None = None
+
+    @field_validator("closed_days")
+    @classmethod
+    def _days(cls, days: list[str] | None) -> list[str] | None:
+        if days is not None:
+            for d in days:
+                parse_closed_day(d)
+        return days
+
+
+class OfficePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    timezone: str
+    closed_days: list[str]
+    default_plan: str
+    phone: str | None
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email
+    name: str = Field(min_length=1, max_length=200)
+    role: Role
+    office_id: int
+    language: Language = Language.ja
+    password: str = Field(min_length=10, max_length=200)
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    name: str
+    role: Role
+    language: Language
+    office_id: int
+    is_active: bool
+    created_at: datetime
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int

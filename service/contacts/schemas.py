@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.accounts.models import Language
+from service.contacts.models import (
+    Channel,
+    ClientCategory,
+    EmploymentType,
+    FollowUpKind,
+    FollowUpStatus,
+    Party,
+    PlacementStatus,
+    SeparationReason,
+)
+from service.validation import Email, Phone
+
+Name = Field(min_length=1, max_length=200)
+
+
+class _In(BaseModel):
+    # Unknown fields are refused, so a caller cannot slip in office_id or ids.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ClientBase(_In):
+    name: str = Name
+    kana: str | None = Field(default=None, max_length=200)
+    phone: Phone | None = None
+    email: Email | None = None
+    address: str | None = Field(default=None, max_length=500)
+    language: Language = Language.ja
+    category: ClientCategory
+    consent_automated: bool = False
+    consent_family: bool = False
+    consent_employer: bool = False
+
+
+class ClientCreate(ClientBase):
+    ref: str | None = Field(default=None, max_length=64)
+
+
+class ClientUpdate(_In):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    kana: str | None = Field(default=None, max_length=200)
+    phone: Phone | None = None
+    email: Email | None = None
+    address: str | None = Field(default=None, max_length=500)
+    language: Language | None = None
+    category: ClientCategory | None = None
+    consent_automated: bool | None = None
+    consent_family: bool | None = None
+    consent_employer: bool | None = None
+
+
+class ClientPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    office_id: int
+    ref: str | None
+    name: str
+    kana: str | None
+    phone: str | None
+    email: str | None
+    address: str | None
+    language: Language
+    category: ClientCategory
+    consent_automated: bool
+    consent_family: bool
+    consent_employer: bool
+    created_at: datetime
+
+
+class FamilyContactCreate(_In):
+    name: str = Name
+    relationship: str = Field(min_length=1, max_length=100)
+    phone: Phone | None = None
+    email: Email | None = None
+
+
+class FamilyContactPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    client_id: int
+    name: str
+    relationship: str
+    phone: str | None
+    email: str | None
+
+
+class EmployerCreate(_In):
+    name: str = Name
+    address: str | None = Field(default=None, max_length=500)
+    supervisor_name: str | None = Field(default=None, max_length=200)
+    phone: Phone | None = None
+    email: Email | None = None
+
+
+class EmployerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    office_id: int
+    name: str
+    address: str | None
+    supervisor_name: str | None
+    phone: str | None
+    email: str | None
+
+
+class PlacementCreate(_In):
+    client_id: int
+    employer_id: int
+    job_title: str = Name
+    employment_type: EmploymentType
+    start_date: date
+    weekly_hours: float | None = Field(default=None, gt=0, le=80)
+    worker_id: int | None = Field(default=None, description="defaults to the caller")
+    plan: str | None = Field(default=None, max_length=64, description="defaults to the office's plan")
+
+
+class PlacementUpdate(_In):
+    start_date: date | None = None
+    worker_id: int | None = None
+    plan: str | None = Field(default=None, max_length=64)
+    job_title: str | None = Field(default=None, min_length=1, max_length=200)
+    weekly_hours: float | None = Field(default=None, gt=0, le=80)
+
+
+class PlacementPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    office_id: int
+    client_id: int
+    employer_id: int
+    job_title: str
+    employment_type: EmploymentType
+    start_date: date
+    weekly_hours: float | None
+    worker_id: int
+    plan: str
+    status: PlacementStatus
+
+
+class SeparationCreate(_In):
+    date: date
+    reason: SeparationReason
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class SeparationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    placement_id: int
+    date: date
+    reason: SeparationReason
+    note: str | None
+    recorded_at: datetime
+
+
+class FollowUpPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    placement_id: int
+    party: Party
+    channel: Channel
+    kind: FollowUpKind
+    due_date: date
+    window_days: int
+    window_end: date
+    automated: bool
+    status: FollowUpStatus
+    status_reason: str | None
+    assignee_id: int | None
+    attempt: int
+    retry_of: int | None
+    completed_at: datetime | None

@@ -1,0 +1,581 @@
+"""Operations on clients, employers, placements, separations and follow-ups.
+
+Plain functions, session first. Every lookup is scoped to an office: a record of another office
+is reported as not found, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from service.accounts.models import Office, Role, StaffUser
+from service.clock import Clock, local_today
+from service.contacts.models import (
+
+    Channel,
+    Client,
+    Employer,
+    FamilyContact,
+    FollowUp,
+    FollowUpKind,
+    FollowUpStatus,
+    Party,
+    Placement,
+    PlacementStatus,
+    Separation,
+    SeparationReason,
+)
+from service.db import utcnow
+from service.errors import Conflict, FieldError, NotFound, ValidationFailed
+from service.schedules.calendar import BusinessCalendar
+from service.schedules.plans import PlanTemplate, schedule_steps
+
+EARLIEST_START = date(2000, 1, 1)
+
+
+def office_calendar(office: Office) -> BusinessCalendar:
+    return BusinessCalendar(office.closed_days)
+
+
+def office_today(office: Office, clock: Clock) -> date:
+    return local_today(clock, office.timezone)
+
+
+def _in_office(session: Session, model: type, record_id: int, office_id: int, what: str) -> Any:
+    row = session.get(model, record_id)
+    if row is None or row.office_id != office_id:
+        raise NotFound(what)
+    return row
+
+
+def _paged(session: Session, query, limit: int, offset: int, order) -> tuple[list, int]:
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(*order).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+# ---------------------------------------------------------------- clients
+
+
+def create_client(
+    session: Session, *, office_id: int, created_by: int | None, **fields: Any
+) -> Client:
+    ref = fields.get("ref")
+    if ref and session.exec(
+        select(Client).where(Client.office_id == office_id, Client.ref == ref)
+    ).first():
+        raise ValidationFailed.one("ref", f"a client with reference {ref!r} already exists")
+    client = Client(office_id=office_id, created_by=created_by, **fields)
+    session.add(client)
+    session.flush()
+    return client
+
+
+def get_client(session: Session, *, office_id: int, client_id: int) -> Client:
+    return _in_office(session, Client, client_id, office_id, "client")
+
+
+def list_clients(
+    session: Session, *, office_id: int, limit: int, offset: int, q: str | None = None
+) -> tuple[list[Client], int]:
+    query = select(Client).where(Client.office_id == office_id)
+    if q:
+        like = f"%{q}%"
+        query = query.where(
+            col(Client.name).like(like) | col(Client.kana).like(like) | col(Client.ref).like(like)
+        )
+    return _paged(session, query, limit, offset, (Client.kana, Client.id))
+
+
+def update_client(
+    session: Session, *, office_id: int, client_id: int, clock: Clock, **changes: Any
+) -> Client:
+    client = get_client(session, office_id=office_id, client_id=client_id)
+    for key, value in changes.items():
+        setattr(client, key, value)
+    client.updated_at = utcnow()
+    session.add(client)
+    session.flush()
+    refresh_consent_skips(session, client=client, clock=clock)
+    return client
+
+
+def add_family_contact(
+    session: Session, *, office_id: int, client_id: int, clock: Clock, **fields: Any
+) -> FamilyContact:
+    client = get_client(session, office_id=office_id, client_id=client_id)
+    contact = FamilyContact(office_id=office_id, client_id=client.id, **fields)
+    session.add(contact)
+    session.flush()
+    refresh_consent_skips(session, client=client, clock=clock)
+    return contact
+
+
+def list_family_contacts(session: Session, *, office_id: int, client_id: int) -> list[FamilyContact]:
+    client = get_client(session, office_id=office_id, client_id=client_id)
+    return list(
+        session.exec(
+            select(FamilyContact).where(FamilyContact.client_id == client.id).order_by(FamilyContact.id)
+        ).all()
+    )
+
+
+# ---------------------------------------------------------------- employers
+
+
+def create_employer(session: Session, *, office_id: int, **fields: Any) -> Employer:
+    employer = Employer(office_id=office_id, **fields)
+    session.add(employer)
+    session.flush()
+    return employer
+
+
+def get_employer(session: Session, *, office_id: int, employer_id: int) -> Employer:
+    return _in_office(session, Employer, employer_id, office_id, "employer")
+
+
+def list_employers(
+    session: Session, *, office_id: int, limit: int, offset: int
+) -> tuple[list[Employer], int]:
+    query = select(Employer).where(Employer.office_id == office_id)
+    return _paged(session, query, limit, offset, (Employer.name, Employer.id))
+
+
+# ---------------------------------------------------------------- consent
+
+
+def consent_block(
+    *, party: Party, channel: Channel, automated: bool, client: Client, has_family: bool
+) -> str | None:
+    """Why this contact may not be made now, or None. The person decides (自己決定)."""
+    if party == Party.family:
+        if not client.consent_family:
+            return "no consent to contact family"
+        if not has_family:
+            return "no family contact on record"
+    elif party == Party.employer:
+        if not client.consent_employer:
+            return "no consent to contact the employer"
+    elif automated:
+        if not client.consent_automated:
+            return "no consent to automated messages"
+        if channel in (Channel.sms, Channel.voice) and not client.phone:
+            return "no phone number on record"
+        if channel == Channel.email and not client.email:
+            return "no e-mail address on record"
+    return None
+
+
+def _has_family(session: Session, client_id: int) -> bool:
+    return (
+        session.exec(select(FamilyContact.id).where(FamilyContact.client_id == client_id)).first()
+        is not None
+    )
+
+
+def refresh_consent_skips(session: Session, *, client: Client, clock: Clock) -> int:
+    """Re-apply consent to the follow-ups still ahead: granted consent brings skipped steps back,
+    withdrawn consent skips pending ones. Past follow-ups keep their history. Returns changes."""
+    office = session.get(Office, client.office_id)
+    today = office_today(office, clock)
+    has_family = _has_family(session, client.id)
+    rows = session.exec(
+        select(FollowUp)
+        .join(Placement, col(Placement.id) == FollowUp.placement_id)
+        .where(
+            Placement.client_id == client.id,
+            Placement.status == PlacementStatus.active,
+            FollowUp.needs_consent == True,  # noqa: E712
+            col(FollowUp.status).in_([FollowUpStatus.pending, FollowUpStatus.skipped]),
+            FollowUp.due_date >= today,
+        )
+    ).all()
+    changed = 0
+    for fu in rows:
+        block = consent_block(
+            party=fu.party, channel=fu.channel, automated=fu.automated, client=client, has_family=has_family
+        )
+        if block and fu.status == FollowUpStatus.pending:
+            fu.status, fu.status_reason = FollowUpStatus.skipped, block
+        elif not block and fu.status == FollowUpStatus.skipped:
+            fu.status, fu.status_reason = FollowUpStatus.pending, None
+        else:
+            continue
+        fu.updated_at = utcnow()
+        session.add(fu)
+        changed += 1
+    session.flush()
+    return changed
+
+
+# ---------------------------------------------------------------- placements
+
+
+def _plan(plans: dict[str, PlanTemplate], name: str, field: str = "plan") -> PlanTemplate:
+    if name not in plans:
+        raise ValidationFailed.one(field, f"no plan named {name!r}; known: {', '.join(sorted(plans))}")
+    return plans[name]
+
+
+def _check_worker(session: Session, worker_id: int, office_id: int, field: str = "worker_id") -> StaffUser:
+    worker = session.get(StaffUser, worker_id)
+    if worker is None or worker.office_id != office_id or not worker.is_active:
+        raise ValidationFailed.one(field, "no such active staff member in your office")
+    return worker
+
+
+def materialize(
+    session: Session,
+    *,
+    placement: Placement,
+    template: PlanTemplate,
+    client: Client,
+    office: Office,
+    from_date: date | None = None,
+    history_before: date | None = None,
+) -> list[FollowUp]:
+    """Write the plan's follow-ups for a placement. Steps needing a consent the client has not
+    given are written as skipped with the reason, never silently dropped.
+
+    ``from_date``: steps due before it are not written (a plan changed mid-way).
+    ``history_before``: steps due before it are written as skipped (an import of past placements
+    should not flood the queue with work nobody can do any more)."""
+    has_family = _has_family(session, client.id)
+    rows = []
+    for s in schedule_steps(template, placement.start_date, office_calendar(office)):
+        if from_date is not None and s.due_date < from_date:
+            continue
+        block = (
+            consent_block(
+                party=s.step.party,
+                channel=s.step.channel,
+                automated=s.step.automated,
+                client=client,
+                has_family=has_family,
+            )
+            if s.step.needs_consent
+            else None
+        )
+        if history_before is not None and s.due_date < history_before:
+            block = f"before the import on {history_before.isoformat()}"
+        rows.append(
+            FollowUp(
+                office_id=office.id,
+                placement_id=placement.id,
+                party=s.step.party,
+                channel=s.step.channel,
+                kind=s.step.kind,
+                due_date=s.due_date,
+                window_days=s.step.window_days,
+                window_end=s.window_end,
+                automated=s.step.automated,
+                status=FollowUpStatus.skipped if block else FollowUpStatus.pending,
+                status_reason=block,
+                assignee_id=placement.worker_id,
+                step_index=s.step_index,
+                needs_consent=s.step.needs_consent,
+            )
+        )
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def create_placement(
+    session: Session,
+    *,
+    office_id: int,
+    created_by: int | None,
+    plans: dict[str, PlanTemplate],
+    client_id: int,
+    employer_id: int,
+    job_title: str,
+    employment_type: str,
+    start_date: date,
+    worker_id: int,
+    plan: str | None = None,
+    weekly_hours: float | None = None,
+    history_before: date | None = None,
+) -> Placement:
+    office = session.get(Office, office_id)
+    errors = []
+    client = session.get(Client, client_id)
+    if client is None or client.office_id != office_id:
+        errors.append(FieldError("client_id", "no such client in your office"))
+    employer = session.get(Employer, employer_id)
+    if employer is None or employer.office_id != office_id:
+        errors.append(FieldError("employer_id", "no such employer in your office"))
+    try:
+        _check_worker(session, worker_id, office_id)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
+    plan_name = plan or office.default_plan
+    try:
+        template = _plan(plans, plan_name)
+    except ValidationFailed as exc:
+        errors.extend(exc.errors)
+    if start_date < EARLIEST_START:
+        errors.append(FieldError("start_date", f"must be on or after {EARLIEST_START}"))
+    if errors:
+        raise ValidationFailed(errors)
+    placement = Placement(
+        office_id=office_id,
+        client_id=client_id,
+        employer_id=employer_id,
+        job_title=job_title,
+        employment_type=employment_type,
+        start_date=start_date,
+        weekly_hours=weekly_hours,
+        worker_id=worker_id,
+        plan=plan_name,
+        created_by=created_by,
+    )
+    session.add(placement)
+    session.flush()
+    materialize(
+        session,
+        placement=placement,
+        template=template,
+        client=client,
+        office=office,
+        history_before=history_before,
+    )
+    return placement
+
+
+def get_placement(session: Session, *, office_id: int, placement_id: int) -> Placement:
+    return _in_office(session, Placement, placement_id, office_id, "placement")
+
+
+def list_placements(
+    session: Session,
+    *,
+    office_id: int,
+    limit: int,
+    offset: int,
+    client_id: int | None = None,
+    worker_id: int | None = None,
+    status: PlacementStatus | None = None,
+) -> tuple[list[Placement], int]:
+    query = select(Placement).where(Placement.office_id == office_id)
+    if client_id is not None:
+        query = query.where(Placement.client_id == client_id)
+    if worker_id is not None:
+        query = query.where(Placement.worker_id == worker_id)
+    if status is not None:
+        query = query.where(Placement.status == status)
+    return _paged(session, query, limit, offset, (col(Placement.start_date).desc(), Placement.id))
+
+
+def _open_plan_rows(session: Session, placement_id: int) -> Sequence[FollowUp]:
+    return session.exec(
+        select(FollowUp).where(
+            FollowUp.placement_id == placement_id,
+            col(FollowUp.step_index).is_not(None),
+            col(FollowUp.status).in_([FollowUpStatus.pending, FollowUpStatus.skipped]),
+        )
+    ).all()
+
+
+def update_placement(
+    session: Session,
+    *,
+    office_id: int,
+    placement_id: int,
+    plans: dict[str, PlanTemplate],
+    clock: Clock,
+    start_date: date | None = None,
+    worker_id: int | None = None,
+    plan: str | None = None,
+    job_title: str | None = None,
+    weekly_hours: float | None = None,
+) -> Placement:
+    placement = get_placement(session, office_id=office_id, placement_id=placement_id)
+    office = session.get(Office, office_id)
+    if placement.status != PlacementStatus.active and (start_date or plan):
+        raise Conflict(f"the placement is {placement.status.value}; its plan can no longer change")
+    if job_title is not None:
+        placement.job_title = job_title
+    if weekly_hours is not None:
+        placement.weekly_hours = weekly_hours
+    if worker_id is not None and worker_id != placement.worker_id:
+        _check_worker(session, worker_id, office_id)
+        placement.worker_id = worker_id
+        for fu in session.exec(
+            select(FollowUp).where(
+                FollowUp.placement_id == placement.id, FollowUp.status == FollowUpStatus.pending
+            )
+        ).all():
+            fu.assignee_id, fu.updated_at = worker_id, utcnow()
+            session.add(fu)
+    if start_date is not None and start_date != placement.start_date:
+        if start_date < EARLIEST_START:
+            raise ValidationFailed.one("start_date", f"must be on or after {EARLIEST_START}")
+        sep = session.exec(select(Separation).where(Separation.placement_id == placement.id)).first()
+        if sep and sep.date < start_date:
+            raise ValidationFailed.one("start_date", "must not be after the separation date")
+        placement.start_date = start_date
+        _redate(session, placement, _plan(plans, placement.plan), office)
+    if plan is not None and plan != placement.plan:
+        template = _plan(plans, plan)
+        today = office_today(office, clock)
+        for fu in _open_plan_rows(session, placement.id):
+            fu.status, fu.status_reason, fu.updated_at = (
+                FollowUpStatus.cancelled,
+                f"plan changed to {plan}",
+                utcnow(),
+            )
+            session.add(fu)
+        placement.plan = plan
+        client = session.get(Client, placement.client_id)
+        materialize(
+            session, placement=placement, template=template, client=client, office=office, from_date=today
+        )
+    placement.updated_at = utcnow()
+    session.add(placement)
+    session.flush()
+    return placement
+
+
+def _redate(session: Session, placement: Placement, template: PlanTemplate, office: Office) -> None:
+    """A corrected start date moves every follow-up still ahead; done work keeps its date."""
+    scheduled = {s.step_index: s for s in schedule_steps(template, placement.start_date, office_calendar(office))}
+    for fu in _open_plan_rows(session, placement.id):
+        s = scheduled.get(fu.step_index)
+        if s is None:
+            continue
+        fu.due_date, fu.window_end, fu.updated_at = s.due_date, s.window_end, utcnow()
+        session.add(fu)
+
+
+def record_separation(
+    session: Session,
+    *,
+    office_id: int,
+    placement_id: int,
+    separation_date: date,
+    reason: SeparationReason,
+    note: str | None,
+    recorded_by: int | None,
+    clock: Clock,
+    separation_call: bool = True,
+) -> Separation:
+    """Store the separation, cancel what was still planned (kept, as cancelled) and put a
+    separation call in the worker's queue within 2 business days."""
+    placement = get_placement(session, office_id=office_id, placement_id=placement_id)
+    office = session.get(Office, office_id)
+    if placement.status == PlacementStatus.separated:
+        raise Conflict("a separation is already recorded for this placement")
+    if separation_date < placement.start_date:
+        raise ValidationFailed.one("date", "must not be before the placement's start date")
+    today = office_today(office, clock)
+    if separation_date > today + timedelta(days=366):
+        raise ValidationFailed.one("date", "must not be more than a year ahead")
+    sep = Separation(
+        office_id=office_id,
+        placement_id=placement.id,
+        date=separation_date,
+        reason=reason,
+        note=note,
+        recorded_by=recorded_by,
+    )
+    session.add(sep)
+    for fu in session.exec(
+        select(FollowUp).where(
+            FollowUp.placement_id == placement.id, FollowUp.status == FollowUpStatus.pending
+        )
+    ).all():
+        fu.status = FollowUpStatus.cancelled
+        fu.status_reason = f"separated on {separation_date.isoformat()}"
+        fu.updated_at = utcnow()
+        session.add(fu)
+    placement.status, placement.updated_at = PlacementStatus.separated, utcnow()
+    session.add(placement)
+    if not separation_call:
+        session.flush()
+        return sep
+    cal = office_calendar(office)
+    ref = max(separation_date, today)
+    due = cal.add_business_days(ref, 1)
+    window_end = cal.add_business_days(ref, 2)
+    session.add(
+        FollowUp(
+            office_id=office_id,
+            placement_id=placement.id,
+            party=Party.client,
+            channel=Channel.phone,
+            kind=FollowUpKind.separation_call,
+            due_date=due,
+            window_days=(window_end - due).days,
+            window_end=window_end,
+            assignee_id=placement.worker_id,
+        )
+    )
+    session.flush()
+    return sep
+
+
+def get_separation(session: Session, *, placement_id: int) -> Separation | None:
+    return session.exec(select(Separation).where(Separation.placement_id == placement_id)).first()
+
+
+# ---------------------------------------------------------------- follow-ups
+
+
+def get_follow_up(session: Session, *, office_id: int, follow_up_id: int) -> FollowUp:
+    return _in_office(session, FollowUp, follow_up_id, office_id, "follow-up")
+
+
+def list_follow_ups(session: Session, *, office_id: int, placement_id: int) -> list[FollowUp]:
+    placement = get_placement(session, office_id=office_id, placement_id=placement_id)
+    return list(
+        session.exec(
+            select(FollowUp)
+            .where(FollowUp.placement_id == placement.id)
+            .order_by(FollowUp.due_date, FollowUp.id)
+        ).all()
+    )
+
+
+def schedule_retry(session: Session, *, follow_up: FollowUp, office: Office, today: date) -> FollowUp:
+    """The next business day, by the same party and channel (worker tasks only)."""
+    cal = office_calendar(office)
+    due = cal.add_business_days(max(today, follow_up.due_date), 1)
+    root = follow_up.retry_of or follow_up.id
+    retry = FollowUp(
+        office_id=follow_up.office_id,
+        placement_id=follow_up.placement_id,
+        party=follow_up.party,
+        channel=follow_up.channel,
+        kind=FollowUpKind.retry,
+        due_date=due,
+        window_days=1,
+        window_end=due + timedelta(days=1),
+        automated=follow_up.automated,
+        assignee_id=follow_up.assignee_id,
+        needs_consent=follow_up.needs_consent,
+        retry_of=root,
+        attempt=follow_up.attempt + 1,
+    )
+    session.add(retry)
+    session.flush()
+    return retry
+
+
+def staff_in_office(session: Session, *, office_id: int, roles: Iterable[Role]) -> list[StaffUser]:
+    return list(
+        session.exec(
+            select(StaffUser).where(
+                StaffUser.office_id == office_id,
+                col(StaffUser.role).in_(list(roles)),
+                StaffUser.is_active == True,  # noqa: E712
+            )
+        ).all()
+    )
+
+

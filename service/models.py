@@ -1,0 +1,22 @@
+"""Every table, imported in one place so metadata (and Alembic) sees them all."""
+
+from sqlmodel import SQLModel
+
+from service.accounts.models import Office, StaffUser
+from service.contacts.models import Client, Employer, FamilyContact, FollowUp, Placement, Separation
+from service.outcomes.models import Outcome
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "Client",
+    "Employer",
+    "FamilyContact",
+    "FollowUp",
+    "Office",
+    "Outcome",
+    "Placement",
+    "Separation",
+    "StaffUser",
+    "metadata",
+]
