@@ -30,7 +30,8 @@ from tests.helpers import Api, World, build_world
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-key-with-more-than-32-characters"
-LOCAL_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/teichaku_test"
+# One database per test run, so runs side by side do not trample each other.
+LOCAL_PG = f"postgresql+psycopg://postgres@127.0.0.1:5432/teichaku_test_{os.getpid()}"
 
 
 def _require_postgres() -> bool:
@@ -50,15 +51,26 @@ def _prepare_postgres() -> str:
     return url
 
 
+def _drop_postgres(url: str) -> None:
+    target = make_url(url)
+    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
     try:
-        return _prepare_postgres()
+        url = _prepare_postgres()
     except Exception as exc:
         reason = f"PostgreSQL is not available ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         if _require_postgres():
             pytest.fail(f"{reason}, and REQUIRE_POSTGRES is set")
         pytest.skip(f"{reason}; set TEST_DATABASE_URL or start the local server to run these")
+    yield url
+    if not os.environ.get("TEST_DATABASE_URL"):
+        _drop_postgres(url)
 
 
 @pytest.fixture(scope="session")
