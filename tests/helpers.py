@@ -8,10 +8,19 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from functools import lru_cache
+
 from service.accounts import service as accounts
-from service.accounts.models import Role
+from service.accounts.models import Role, StaffUser
+from service.security import hash_password
 
 PASSWORD = "correct horse battery"
+
+
+@lru_cache
+def password_hash() -> str:
+    # argon2 is slow by design; hash once per run, not 8 times per test.
+    return hash_password(PASSWORD)
 
 
 @dataclass
@@ -27,14 +36,15 @@ def build_world(session: Session) -> World:
     users = {}
     for office, key in ((a, "a"), (b, "b")):
         for role in ("worker", "worker2", "manager", "admin"):
-            user = accounts.create_user(
-                session,
+            user = StaffUser(
                 email=f"{role}@{key}.example.jp",
                 name=f"{role.title()} {key.upper()}",
                 role=Role.worker if role == "worker2" else Role(role),
                 office_id=office.id,
-                password=PASSWORD,
+                password_hash=password_hash(),
             )
+            session.add(user)
+            session.flush()
             users[f"{key}.{role}"] = user.id
     return World(a.id, b.id, users)
 
