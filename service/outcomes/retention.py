@@ -1,0 +1,422 @@
+"""Retention, defined once: job retention, employment retention and the retention curve.
+
+Definitions (every number the API, the CLI and the pages show comes from here):
+
+* **Job retention at N months** (N = 1, 3, 6, 12). A placement's *N-month date* is its start
+  date plus N calendar months, clamped to the month's end (31 January + 1 month = 28 or 29
+  February; the same arithmetic as ``service.schedules.calendar.add_months``). The placement is
+  *eligible* at N once its N-month date is on or before ``as_of``; immature placements are never
+  counted, neither as retained nor as lost. It is *retained* at N if, as of ``as_of``, it has no
+  separation or its separation date is after the N-month date (separated on the N-month date
+  itself is not retained). A separation dated after ``as_of`` is not known yet as of ``as_of``:
+  the placement counts as not separated.
+* **Employment retention at N months** counts *employment spells* of a client instead of
+  placements. A client's placements that started on or before ``as_of`` are ordered by start
+  date (then id). A placement continues the current spell when it starts on or before the
+  *reach* of some earlier placement of the client, where reach is the day one calendar month
+  after that placement's separation (or "for ever" while it is not separated); otherwise it
+  starts a new spell. So a new job starting within one month after a separation (or while
+  another job still runs) continues the spell, the definition the Ministry uses for
+  就労定着者. A spell starts on its first placement's start date and ends on the latest
+  separation of its placements, or not at all while any of them is not separated. Spell
+  retention at N is job retention applied to (spell start, spell end), with one more rule: a
+  spell that ended on or before its N-month date is undecided until the day one month after its
+  end is on or before ``as_of`` (until then a new job may still continue it), and undecided
+  spells stay out of the denominator like immature ones. A spell belongs to the group (worker,
+  employer, employment type, cohort...) of the placement that started it.
+* **Retention curve**: the Kaplan-Meier estimate of days employed from the start, one
+  observation per placement: a separation on or before ``as_of`` is an event at (separation date
+  - start date) days; a placement still employed is censored at (``as_of`` - start date). With
+  each point: the number at risk, events, censored, and the 95% confidence band by the
+  exponential ("log-log") Greenwood formula, as ``lifelines.KaplanMeierFitter`` computes it.
+
+How it is computed. Every count is an SQL aggregate over the office's placements; Python only
+turns the grouped counts into rates and walks the distinct durations of the curve. Calendar
+months are computed in SQL by a small construct compiled per dialect (:class:`sql_add_months`):
+PostgreSQL's ``date + interval 'N months'`` already clamps to the month's end; SQLite's
+``date(d, '+N months')`` does not (31 January + 1 month = 2 or 3 March), so there the N-month
+date is the smaller of "first of the start month + N months + (day - 1) days" and "the last day
+of the target month", which is the clamped date. Spells are built with window functions
+(``MAX(...) OVER (... ROWS UNBOUNDED PRECEDING AND 1 PRECEDING)`` for the gaps-and-islands walk,
+a running ``SUM`` to number the spells), which both backends support.
+
+Scope: an office sees only its own placements. The API allows managers and admins (workers get
+403): the numbers are about every worker's caseload, and managers decide staffing from them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date
+from statistics import NormalDist
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+from sqlmodel import Session
+
+from service.accounts.models import Office, StaffUser
+from service.contacts.models import Client, Employer, Placement, Separation
+from service.outcomes.schemas import (
+    CurveGroup,
+    CurvePoint,
+    RetentionCell,
+    RetentionCurve,
+    RetentionGroup,
+    RetentionReport,
+)
+
+MONTHS = (1, 3, 6, 12)
+REFERENCE_RATE = 0.5  # the national survey: most municipalities retain more than about half
+CONFIDENCE = 0.95
+SPELL_GAP_MONTHS = 1
+OPEN_END = date(9999, 12, 31)  # "not separated" when a date is needed for comparisons
+
+
+class Grouping(enum.StrEnum):
+    office = "office"
+    worker = "worker"
+    employer = "employer"
+    employment_type = "employment_type"
+    category = "category"
+    cohort = "cohort"  # start month, YYYY-MM
+    none = "none"
+
+
+_LABELS = {
+    "employment_type": {
+        "general": {"ja": "一般就労", "en": "general employment"},
+        "certified_training": {
+            "ja": "認定就労訓練（雇用型）",
+            "en": "certified training employment",
+        },
+        "other": {"ja": "その他", "en": "other"},
+    },
+    "category": {
+        "needy_person": {"ja": "生活困窮者", "en": "needy person"},
+        "public_assistance": {"ja": "被保護者", "en": "public-assistance recipient"},
+    },
+    "none": {"all": {"ja": "全体", "en": "all"}},
+}
+
+
+# -- dialect-specific date pieces ----------------------------------------------------------
+
+
+class sql_add_months(FunctionElement):  # noqa: N801  (reads like the SQL function it is)
+    """``date + N calendar months``, clamped to the month's end, on SQLite and PostgreSQL."""
+
+    type = sa.Date()
+    name = "add_months"
+    inherit_cache = True
+
+    def __init__(self, day, months: int) -> None:
+        # The months are a program constant, rendered literally (part of the cache key).
+        super().__init__(day, sa.literal_column(str(int(months)), sa.Integer))
+
+
+@compiles(sql_add_months, "postgresql")
+def _add_months_pg(element, compiler, **kw):
+    day, months = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(({day}) + INTERVAL '{months} months' AS DATE)"
+
+
+@compiles(sql_add_months, "sqlite")
+def _add_months_sqlite(element, compiler, **kw):
+    day_clause, months_clause = element.clauses
+    day, n = compiler.process(day_clause, **kw), int(months_clause.name)
+    in_month = (
+        f"date({day}, 'start of month', '{n:+d} months', "
+        f"'+' || (CAST(strftime('%d', {day}) AS INTEGER) - 1) || ' days')"
+    )
+    month_end = f"date({day}, 'start of month', '{n + 1:+d} months', '-1 day')"
+    return f"min({in_month}, {month_end})"
+
+
+class sql_days_between(FunctionElement):  # noqa: N801
+    """``later - earlier`` in whole days."""
+
+    type = sa.Integer()
+    name = "days_between"
+    inherit_cache = True
+
+
+@compiles(sql_days_between, "postgresql")
+def _days_pg(element, compiler, **kw):
+    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(({later}) - ({earlier}))"
+
+
+@compiles(sql_days_between, "sqlite")
+def _days_sqlite(element, compiler, **kw):
+    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
+
+
+class sql_year_month(FunctionElement):  # noqa: N801
+    """A date's month as ``YYYY-MM``."""
+
+    type = sa.String()
+    name = "year_month"
+    inherit_cache = True
+
+
+@compiles(sql_year_month, "postgresql")
+def _ym_pg(element, compiler, **kw):
+    return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM')"
+
+
+@compiles(sql_year_month, "sqlite")
+def _ym_sqlite(element, compiler, **kw):
+    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
+
+
+# -- the rows everything is computed from ---------------------------------------------------
+
+_p = Placement.__table__
+_s = Separation.__table__
+_c = Client.__table__
+
+
+def _group_key(by: Grouping):
+    return {
+        Grouping.office: _p.c.office_id,
+        Grouping.worker: _p.c.worker_id,
+        Grouping.employer: _p.c.employer_id,
+        Grouping.employment_type: _p.c.employment_type,
+        Grouping.category: _c.c.category,
+        Grouping.cohort: sql_year_month(_p.c.start_date),
+        Grouping.none: sa.literal("all", sa.String),
+    }[by]
+
+
+def _placements(*, office_id: int, as_of: date, by: Grouping):
+    """One row per placement of the office started on or before ``as_of``: its group key,
+    start, and its end as known on ``as_of`` (the separation date, or NULL)."""
+    known_end = sa.case((_s.c.date <= as_of, _s.c.date), else_=sa.null())
+    return (
+        sa.select(
+            _p.c.id,
+            _p.c.client_id,
+            sa.cast(_group_key(by), sa.String).label("key"),
+            _p.c.start_date.label("start"),
+            known_end.label("end"),
+        )
+        .select_from(_p.outerjoin(_s, _s.c.placement_id == _p.c.id).join(_c, _c.c.id == _p.c.client_id))
+        .where(_p.c.office_id == office_id, _p.c.start_date <= as_of)
+    )
+
+
+def _spells(*, office_id: int, as_of: date, by: Grouping):
+    """One row per employment spell: the key of the placement that started it, its start, its
+    end (NULL while any of its placements is not separated) and its reach (the last day a new
+    placement would still continue it)."""
+    base = _placements(office_id=office_id, as_of=as_of, by=by).subquery("placements")
+    reach = sa.case(
+        (base.c.end.is_(None), sa.literal(OPEN_END, sa.Date)),
+        else_=sql_add_months(base.c.end, SPELL_GAP_MONTHS),
+    )
+    walk = {"partition_by": base.c.client_id, "order_by": (base.c.start, base.c.id)}
+    reach_before = sa.func.max(reach).over(**walk, rows=(None, -1))
+    marked = sa.select(
+        base.c.id,
+        base.c.client_id,
+        base.c.key,
+        base.c.start,
+        base.c.end,
+        sa.case((base.c.start <= reach_before, 0), else_=1).label("new_spell"),
+    ).subquery("marked")
+    numbered = sa.select(
+        marked,
+        sa.func.sum(marked.c.new_spell)
+        .over(partition_by=marked.c.client_id, order_by=(marked.c.start, marked.c.id), rows=(None, 0))
+        .label("spell_no"),
+    ).subquery("numbered")
+    open_ = sa.func.max(sa.case((numbered.c.end.is_(None), 1), else_=0)) == 1
+    return sa.select(
+        sa.func.max(sa.case((numbered.c.new_spell == 1, numbered.c.key))).label("key"),
+        sa.func.min(numbered.c.start).label("start"),
+        sa.case((open_, sa.null()), else_=sa.func.max(numbered.c.end)).label("end"),
+    ).group_by(numbered.c.client_id, numbered.c.spell_no)
+
+
+# -- retention rates ------------------------------------------------------------------------
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _retention_counts(session: Session, periods, *, as_of: date, spells: bool) -> dict[str, dict]:
+    """Per key: how many started, and per N the eligible and retained counts."""
+    t = periods.subquery("periods")
+    columns = [t.c.key, sa.func.count().label("started")]
+    for n in MONTHS:
+        mark = sql_add_months(t.c.start, n)
+        eligible = mark <= as_of
+        if spells:
+            # A spell that ended by its N-month date may still be continued by a new job
+            # starting within a month of its end: undecided until that month has passed.
+            decided = sa.or_(
+                t.c.end.is_(None),
+                t.c.end > mark,
+                sql_add_months(t.c.end, SPELL_GAP_MONTHS) <= as_of,
+            )
+            eligible = sa.and_(eligible, decided)
+        retained = sa.and_(eligible, sa.or_(t.c.end.is_(None), t.c.end > mark))
+        columns += [
+            sa.func.sum(sa.case((eligible, 1), else_=0)).label(f"eligible_{n}"),
+            sa.func.sum(sa.case((retained, 1), else_=0)).label(f"retained_{n}"),
+        ]
+    rows = session.execute(sa.select(*columns).group_by(t.c.key)).mappings().all()
+    return {str(r["key"]): dict(r) for r in rows}
+
+
+def _groups(counts: dict[str, dict], labels: dict[str, str]) -> list[RetentionGroup]:
+    groups = []
+    for key in sorted(counts, key=_sort_key):
+        r = counts[key]
+        months = {}
+        for n in MONTHS:
+            eligible, retained = int(r[f"eligible_{n}"] or 0), int(r[f"retained_{n}"] or 0)
+            months[str(n)] = RetentionCell(eligible=eligible, retained=retained, rate=_rate(retained, eligible))
+        groups.append(RetentionGroup(key=key, label=labels.get(key, key), started=int(r["started"]), months=months))
+    return groups
+
+
+def _sort_key(key: str) -> tuple:
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+def _labels(session: Session, *, office_id: int, by: Grouping, keys, language: str) -> dict[str, str]:
+    ids = [int(k) for k in keys if k.isdigit()]
+    if by == Grouping.office:
+        office = session.get(Office, office_id)
+        return {str(office_id): office.name}
+    if by in (Grouping.worker, Grouping.employer):
+        model = StaffUser if by == Grouping.worker else Employer
+        table = model.__table__
+        rows = session.execute(
+            sa.select(table.c.id, table.c.name).where(table.c.id.in_(ids), table.c.office_id == office_id)
+        ).all()
+        return {str(i): name for i, name in rows}
+    names = _LABELS.get(by.value, {})
+    return {k: (names[k].get(language) or names[k]["en"]) for k in keys if k in names}
+
+
+def retention(
+    session: Session,
+    *,
+    office_id: int,
+    as_of: date,
+    by: Grouping = Grouping.none,
+    language: str = "ja",
+) -> RetentionReport:
+    """Job and employment retention at 1, 3, 6 and 12 months, per group, as of ``as_of``."""
+    jobs = _retention_counts(session, _placements(office_id=office_id, as_of=as_of, by=by), as_of=as_of, spells=False)
+    employment = _retention_counts(session, _spells(office_id=office_id, as_of=as_of, by=by), as_of=as_of, spells=True)
+    labels = _labels(session, office_id=office_id, by=by, keys=set(jobs) | set(employment), language=language)
+    return RetentionReport(
+        as_of=as_of,
+        by=by.value,
+        reference_rate=REFERENCE_RATE,
+        months=list(MONTHS),
+        groups=_groups(jobs, labels),
+        employment=_groups(employment, labels),
+    )
+
+
+# -- the retention curve --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tally:
+    events: int = 0
+    censored: int = 0
+
+
+def kaplan_meier(tallies: dict[int, _Tally] | dict[int, tuple[int, int]]) -> list[CurvePoint]:
+    """Kaplan-Meier points from counts per duration: ``{days: (events, censored)}``.
+
+    Like lifelines, the curve has a point at 0 and at every distinct duration (event or
+    censoring). The band is the exponential Greenwood one: on log(-log S), with variance
+    sum d / (n (n - d)); 1 before any event, 0 once the estimate reaches 0.
+    """
+    table = {t: (v if isinstance(v, _Tally) else _Tally(*v)) for t, v in tallies.items()}
+    table.setdefault(0, _Tally())
+    z = NormalDist().inv_cdf(1 - (1 - CONFIDENCE) / 2)
+    at_risk = sum(v.events + v.censored for v in table.values())
+    log_s, greenwood = 0.0, 0.0
+    points = []
+    for t in sorted(table):
+        tally = table[t]
+        n, d = at_risk, tally.events
+        if d:
+            log_s += (math.log(n - d) if n > d else -math.inf) - math.log(n)
+            if n > d:
+                greenwood += d / (n * (n - d))
+        survival = math.exp(log_s)
+        if log_s == 0.0:
+            lower = upper = 1.0
+        elif survival == 0.0:
+            lower = upper = 0.0
+        else:
+            spread = z * math.sqrt(greenwood) / log_s
+            lower = math.exp(-math.exp(math.log(-log_s) - spread))
+            upper = math.exp(-math.exp(math.log(-log_s) + spread))
+        points.append(
+            CurvePoint(
+                time=t, at_risk=n, events=d, censored=tally.censored,
+                survival=survival, lower=lower, upper=upper,
+            )
+        )  # fmt: skip
+        at_risk -= d + tally.censored
+    return points
+
+
+def retention_curve(
+    session: Session,
+    *,
+    office_id: int,
+    as_of: date,
+    by: Grouping = Grouping.none,
+    language: str = "ja",
+) -> RetentionCurve:
+    """The Kaplan-Meier curve of days employed, per group, as of ``as_of``."""
+    t = _placements(office_id=office_id, as_of=as_of, by=by).subquery("placements")
+    duration = sql_days_between(sa.func.coalesce(t.c.end, sa.literal(as_of, sa.Date)), t.c.start)
+    event = sa.case((t.c.end.is_(None), 0), else_=1)
+    rows = session.execute(
+        sa.select(
+            t.c.key,
+            duration.label("days"),
+            sa.func.sum(event).label("events"),
+            sa.func.count().label("total"),
+        ).group_by(t.c.key, duration)
+    ).all()
+    per_group: dict[str, dict[int, _Tally]] = defaultdict(dict)
+    for key, days, events, total in rows:
+        per_group[str(key)][int(days)] = _Tally(int(events), int(total) - int(events))
+    labels = _labels(session, office_id=office_id, by=by, keys=set(per_group), language=language)
+    groups = []
+    for key in sorted(per_group, key=_sort_key):
+        tallies = per_group[key]
+        groups.append(
+            CurveGroup(
+                key=key,
+                label=labels.get(key, key),
+                started=sum(v.events + v.censored for v in tallies.values()),
+                events=sum(v.events for v in tallies.values()),
+                points=kaplan_meier(tallies),
+            )
+        )
+    return RetentionCurve(
+        as_of=as_of,
+        by=by.value,
+        confidence=CONFIDENCE,
+        reference_rate=REFERENCE_RATE,
+        groups=groups,
+    )
