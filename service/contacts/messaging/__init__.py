@@ -1,0 +1,1 @@
+"""Automated check-ins and replies: the outbox, the channels (SMS, calls, e-mail) and inbound answers."""

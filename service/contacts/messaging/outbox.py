@@ -1,0 +1,489 @@
+"""The outbox: every outbound message is written before it is sent, then claimed and sent once.
+
+1. ``plan_check_ins`` writes a row per due automated follow-up, keyed ``fu:<id>:<attempt>`` (a
+   unique key, so two planners never write two), at the first moment inside the client's
+   sending window. A check-in more than ``late_cancel_days`` late (after an outage) is
+   cancelled with a reason instead.
+2. ``claim`` moves due rows to ``sending`` with a conditional UPDATE (PostgreSQL adds
+   ``FOR UPDATE SKIP LOCKED``) and commits, so two dispatchers never take the same row.
+3. ``dispatch_once`` sends what it claimed and records each result under its claim token.
+   A crash between the provider accepting and our commit leaves the row in ``sending``;
+   ``reconcile_stuck`` turns it into ``unknown`` (a status callback may still settle it). It is
+   never re-sent blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import exists, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+from sqlmodel import Session, col, select
+
+from service.accounts.models import Office
+from service.clock import Clock
+from service.contacts import service as contacts
+from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
+from service.contacts.messaging.ports import (
+    Call,
+    DevelopmentAdapter,
+    Email,
+    EmailPort,
+    MaybeSent,
+    PermanentError,
+    PhonePort,
+    SendError,
+    Sent,
+    Sms,
+    TransientError,
+)
+from service.contacts.messaging.replies import Classifier, ReplyLinks
+from service.contacts.messaging.texts import Texts
+from service.contacts.models import (
+    Channel,
+    Client,
+    Employer,
+    FollowUp,
+    FollowUpStatus,
+    Party,
+    Placement,
+    PlacementStatus,
+)
+from service.db import session_scope
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2))
+STUCK_AFTER = timedelta(minutes=10)
+
+
+@dataclass
+class Messaging:
+    """What the messaging jobs and webhooks need, built once in the lifespan."""
+
+    settings: Settings
+    links: ReplyLinks
+    texts: Texts
+    classifier: Classifier
+    email: EmailPort
+    phone: PhonePort
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Messaging:
+        from service.contacts.messaging.smtp import SmtpAdapter
+        from service.contacts.messaging.twilio_adapter import TwilioAdapter
+
+        dev = DevelopmentAdapter()
+        email: EmailPort = dev
+        phone: PhonePort = dev
+        if settings.smtp_host:
+            email = SmtpAdapter(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                sender=settings.smtp_from,
+                username=settings.smtp_username,
+                password=settings.smtp_password,
+                starttls=settings.smtp_starttls,
+                timeout=settings.smtp_timeout_seconds,
+                rate_per_second=settings.send_rate_per_second,
+            )
+        if settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from:
+            phone = TwilioAdapter(
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token,
+                sender=settings.twilio_from,
+                public_url=settings.public_url,
+                base_url=settings.twilio_api_base_url,
+                timeout=settings.twilio_timeout_seconds,
+                rate_per_second=settings.send_rate_per_second,
+            )
+        return cls(
+            settings=settings,
+            links=ReplyLinks(settings.secret_key, settings.public_url, settings.reply_link_days),
+            texts=Texts.load(settings.config_dir / "messages.toml"),
+            classifier=Classifier.from_files(settings.config_dir / "reply_rules.toml"),
+            email=email,
+            phone=phone,
+        )
+
+
+# ---------------------------------------------------------------- sending windows
+
+
+def _hm(value: str) -> time:
+    hour, minute = value.split(":")
+    return time(int(hour), int(minute))
+
+
+def window_for(settings: Settings, office: Office, client: Client | None) -> tuple[str, str]:
+    start = (client and client.send_window_start) or office.send_window_start or settings.send_window_start
+    end = (client and client.send_window_end) or office.send_window_end or settings.send_window_end
+    return start, end
+
+
+def next_in_window(now: datetime, tz: str, start: str, end: str) -> datetime:
+    """``now`` if it is inside the local window, else the window's next opening (UTC).
+    A window may cross midnight (e.g. 22:00-06:00 for a night-shift worker)."""
+    zone = ZoneInfo(tz)
+    local = now.astimezone(zone)
+    s, e = _hm(start), _hm(end)
+    t = local.time()
+    inside = (s <= t < e) if s < e else (t >= s or t < e)
+    if inside or s == e:
+        return now
+    opening = datetime.combine(local.date(), s, zone)
+    if opening <= local:
+        opening = datetime.combine(local.date() + timedelta(days=1), s, zone)
+    return opening.astimezone(now.tzinfo)
+
+
+def in_window(row: OutboxMessage, now: datetime) -> bool:
+    if not row.send_tz or not row.window_start or not row.window_end:
+        return True
+    return next_in_window(now, row.send_tz, row.window_start, row.window_end) == now
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _insert_once(session: Session, row: OutboxMessage) -> OutboxMessage | None:
+    """Insert unless the idempotency key exists (another planner was first)."""
+    if session.exec(select(OutboxMessage.id).where(OutboxMessage.idempotency_key == row.idempotency_key)).first():
+        return None
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        return None
+    return row
+
+
+def plan_check_ins(session: Session, clock: Clock, messaging: Messaging) -> int:
+    """Write an outbox row for every automated follow-up that is due; returns how many."""
+    settings, now, written = messaging.settings, clock.now(), 0
+    has_message = exists().where(OutboxMessage.follow_up_id == FollowUp.id)
+    for office in session.exec(select(Office)).all():
+        today = contacts.office_today(office, clock)
+        rows = session.exec(
+            select(FollowUp, Placement, Client, Employer)
+            .join(Placement, col(Placement.id) == FollowUp.placement_id)
+            .join(Client, col(Client.id) == Placement.client_id)
+            .join(Employer, col(Employer.id) == Placement.employer_id)
+            .where(
+                FollowUp.office_id == office.id,
+                FollowUp.automated == True,  # noqa: E712
+                FollowUp.status == FollowUpStatus.pending,
+                FollowUp.due_date <= today,
+                Placement.status == PlacementStatus.active,
+                ~has_message,
+            )
+            .order_by(FollowUp.due_date, FollowUp.id)
+        ).all()
+        for fu, _placement, client, employer in rows:
+            reason = _why_not(fu, client, employer, today, settings)
+            if reason:
+                fu.status = FollowUpStatus.cancelled if "late" in reason else FollowUpStatus.skipped
+                fu.status_reason, fu.updated_at = reason, now
+                session.add(fu)
+                continue
+            if _write_check_in(session, messaging, office, fu, client, employer, now):
+                written += 1
+    session.flush()
+    return written
+
+
+def _why_not(fu: FollowUp, client: Client, employer: Employer, today, settings: Settings) -> str | None:
+    if (today - fu.due_date).days > settings.late_cancel_days:
+        return f"not sent: more than {settings.late_cancel_days} days late (the service was down)"
+    if fu.party == Party.client and client.opted_out_at is not None:
+        return "not sent: the client stopped automated messages"
+    block = contacts.consent_block(party=fu.party, channel=fu.channel, automated=True, client=client, has_family=True)
+    if block:
+        return f"not sent: {block}"
+    if fu.party == Party.employer and not employer.email:
+        return "not sent: no e-mail address for the on-site supervisor"
+    if fu.party == Party.family:
+        return "not sent: automated messages to family are not supported"
+    return None
+
+
+def _write_check_in(
+    session: Session,
+    messaging: Messaging,
+    office: Office,
+    fu: FollowUp,
+    client: Client,
+    employer: Employer,
+    now: datetime,
+) -> OutboxMessage | None:
+    settings = messaging.settings
+    to_employer = fu.party == Party.employer
+    start, end = window_for(settings, office, None if to_employer else client)
+    channel = MessageChannel(fu.channel.value)
+    row = OutboxMessage(
+        idempotency_key=f"fu:{fu.id}:{fu.attempt}",
+        office_id=office.id,
+        purpose=Purpose.employer_check_in if to_employer else Purpose.check_in,
+        channel=channel,
+        follow_up_id=fu.id,
+        placement_id=fu.placement_id,
+        client_id=client.id,
+        to_address=(
+            employer.email if to_employer else (client.email if channel == MessageChannel.email else client.phone)
+        )
+        or "",
+        language="ja" if to_employer else client.language.value,
+        body="",
+        send_tz=office.timezone,
+        window_start=start,
+        window_end=end,
+        next_attempt_at=next_in_window(now, office.timezone, start, end),
+    )
+    if _insert_once(session, row) is None:
+        return None
+    render_body(messaging, row, office)
+    session.add(row)
+    return row
+
+
+def render_body(messaging: Messaging, row: OutboxMessage, office: Office) -> None:
+    """Fill the text in (it carries a reply link, which needs the row's id)."""
+    t, lang = messaging.texts, row.language
+    values = {"office": office.name, "phone": display_phone(office.phone), "link": messaging.links.url(row.id)}
+    if row.purpose == Purpose.employer_check_in:
+        row.subject = t.render("employer_subject", lang, **values)
+        row.body = t.render("employer_body", lang, **values)
+    elif row.channel == MessageChannel.email:
+        row.subject = t.render("email_check_in_subject", lang, **values)
+        row.body = t.render("email_check_in_body", lang, **values)
+    elif row.channel == MessageChannel.sms:
+        key = "sms_check_in_two_way" if messaging.settings.twilio_two_way_sms else "sms_check_in"
+        row.body = t.render(key, lang, **values)
+    else:
+        row.body = t.render("voice_prompt", lang, **values)
+
+
+def display_phone(e164: str | None) -> str:
+    if not e164:
+        return ""
+    import phonenumbers
+
+    number = phonenumbers.parse(e164)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+
+
+def enqueue(session: Session, row: OutboxMessage) -> OutboxMessage | None:
+    """Write any other message (replies to STOP, digests, alerts) once per idempotency key."""
+    return _insert_once(session, row)
+
+
+# ---------------------------------------------------------------- claiming and sending
+
+
+def claim(session: Session, *, now: datetime, limit: int) -> list[OutboxMessage]:
+    """Take up to ``limit`` due rows for this dispatcher; commits the claim."""
+    token = uuid.uuid4().hex
+    due = (
+        sa_select(OutboxMessage.id)
+        .where(OutboxMessage.status == MessageStatus.queued, OutboxMessage.next_attempt_at <= now)
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # Lock the ids first, in their own statement: as a subquery of the UPDATE, PostgreSQL
+        # may rescan the locking subquery per row, and each rescan skips the rows this very
+        # UPDATE already changed, so the LIMIT no longer holds (it claimed every due row).
+        ids = list(session.execute(due.with_for_update(skip_locked=True)).scalars().all())
+        if not ids:
+            session.commit()
+            return []
+        chosen = col(OutboxMessage.id).in_(ids)
+    else:  # SQLite: one writer at a time; the subquery is evaluated once
+        chosen = col(OutboxMessage.id).in_(due)
+    session.exec(
+        update(OutboxMessage)
+        .where(chosen, OutboxMessage.status == MessageStatus.queued)
+        .values(
+            status=MessageStatus.sending,
+            claim_token=token,
+            claimed_at=now,
+            updated_at=now,
+            attempts=OutboxMessage.attempts + 1,
+        )  # fmt: skip
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return list(
+        session.exec(select(OutboxMessage).where(OutboxMessage.claim_token == token).order_by(OutboxMessage.id)).all()
+    )
+
+
+async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, clock: Clock) -> int:
+    """Claim what is due, send it, record every result. Returns how many were sent."""
+    now = clock.now()
+
+    def _claim() -> list[OutboxMessage]:
+        with factory() as session:
+            return _drop_unwanted(session, claim(session, now=now, limit=messaging.settings.dispatch_batch), now)
+
+    rows = await asyncio.to_thread(_claim)
+    if not rows:
+        return 0
+    results: dict[int, Sent | SendError | datetime] = {}
+    sendable = []
+    for row in rows:
+        if in_window(row, now):
+            sendable.append(row)
+        else:  # claimed just after the window closed: wait for the next one
+            results[row.id] = next_in_window(now, row.send_tz, row.window_start, row.window_end)
+    emails = [r for r in sendable if r.channel == MessageChannel.email]
+    if emails:
+        batch = [Email(r.id, r.to_address, r.subject or "", r.body) for r in emails]
+        try:
+            sent = await messaging.email.send_batch(batch)
+        except Exception as exc:  # an adapter bug must not leave rows claimed forever
+            log.exception("e-mail adapter failed")
+            sent = [MaybeSent("adapter", f"the mail adapter failed ({type(exc).__name__})")] * len(batch)
+        results.update({r.id: res for r, res in zip(emails, sent, strict=True)})
+    for row in sendable:
+        if row.channel == MessageChannel.email:
+            continue
+        try:
+            if row.channel == MessageChannel.sms:
+                results[row.id] = await messaging.phone.send_sms(Sms(row.id, row.to_address, row.body))
+            else:
+                url = f"{messaging.settings.public_url.rstrip('/')}/webhooks/twilio/voice/{row.id}"
+                results[row.id] = await messaging.phone.start_call(Call(row.id, row.to_address, url))
+        except SendError as exc:
+            results[row.id] = exc
+        except Exception as exc:
+            log.exception("phone adapter failed")
+            results[row.id] = MaybeSent("adapter", f"the phone adapter failed ({type(exc).__name__})")
+    await asyncio.to_thread(_record_results, factory, rows, results, clock)
+    return sum(1 for r in results.values() if isinstance(r, Sent))
+
+
+def _unwanted(session: Session, row: OutboxMessage) -> str | None:
+    """Why a claimed check-in must not go out after all: since it was written, the client
+    stopped automated messages or took back consent, or its follow-up was skipped."""
+    if row.client_id is None or row.purpose not in (Purpose.check_in, Purpose.escalation, Purpose.employer_check_in):
+        return None
+    client = session.get(Client, row.client_id)
+    if client is None:
+        return None
+    if row.purpose == Purpose.employer_check_in:
+        if not client.consent_employer:
+            return "not sent: no consent to contact the employer"
+    elif client.opted_out_at is not None:
+        return "not sent: the client stopped automated messages"
+    elif not client.consent_automated:
+        return "not sent: no consent to automated messages"
+    fu = session.get(FollowUp, row.follow_up_id) if row.follow_up_id is not None else None
+    if fu is not None and fu.status in (FollowUpStatus.skipped, FollowUpStatus.cancelled):
+        return f"not sent: the follow-up was {fu.status.value}"
+    return None
+
+
+def _drop_unwanted(session: Session, rows: list[OutboxMessage], now: datetime) -> list[OutboxMessage]:
+    """Cancel (under our claim) the claimed rows that must not be sent any more; the rest."""
+    keep = []
+    for row in rows:
+        reason = _unwanted(session, row)
+        if reason is None:
+            keep.append(row)
+            continue
+        session.exec(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == row.id,
+                OutboxMessage.claim_token == row.claim_token,
+                OutboxMessage.status == MessageStatus.sending,
+            )  # fmt: skip
+            .values(status=MessageStatus.cancelled, error_reason=reason, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        fu = session.get(FollowUp, row.follow_up_id) if row.follow_up_id is not None else None
+        if fu is not None and fu.status == FollowUpStatus.pending:
+            fu.status, fu.status_reason, fu.updated_at = FollowUpStatus.skipped, reason, now
+            session.add(fu)
+    session.commit()
+    return keep
+
+
+def _record_results(
+    factory: sessionmaker[Session],
+    rows: list[OutboxMessage],
+    results: dict[int, Sent | SendError | datetime],
+    clock: Clock,
+) -> None:
+    now = clock.now()
+    with session_scope(factory) as session:
+        for claimed in rows:
+            result = results[claimed.id]
+            row = session.get(OutboxMessage, claimed.id)
+            if row is None or row.claim_token != claimed.claim_token or row.status != MessageStatus.sending:
+                continue  # settled meanwhile (e.g. by a status callback): leave it
+            row.updated_at = now
+            if isinstance(result, datetime):
+                row.status, row.next_attempt_at, row.attempts = MessageStatus.queued, result, row.attempts - 1
+            elif isinstance(result, Sent):
+                row.status, row.provider_id, row.sent_at = MessageStatus.sent, result.provider_id, now
+                row.error_code = row.error_reason = None
+            elif isinstance(result, MaybeSent):
+                row.status, row.error_code, row.error_reason = MessageStatus.unknown, result.code, result.reason
+            elif isinstance(result, TransientError) and row.attempts < MAX_ATTEMPTS:
+                row.status, row.error_code, row.error_reason = MessageStatus.queued, result.code, result.reason
+                backoff = BACKOFF[min(row.attempts - 1, len(BACKOFF) - 1)]
+                retry_at = now + backoff
+                if row.send_tz and row.window_start and row.window_end:
+                    retry_at = next_in_window(retry_at, row.send_tz, row.window_start, row.window_end)
+                row.next_attempt_at = retry_at
+            else:
+                assert isinstance(result, (PermanentError, TransientError))
+                row.status, row.error_code, row.error_reason = MessageStatus.failed, result.code, result.reason
+                _hand_to_worker(session, row, now)
+            session.add(row)
+
+
+def _hand_to_worker(session: Session, row: OutboxMessage, now: datetime) -> None:
+    """A check-in that cannot be delivered becomes a phone call in the worker's queue,
+    with the reason in plain words."""
+    if row.follow_up_id is None:
+        return
+    fu = session.get(FollowUp, row.follow_up_id)
+    if fu is None or fu.status != FollowUpStatus.pending:
+        return
+    office = session.get(Office, fu.office_id)
+    fu.status = FollowUpStatus.attempted
+    fu.status_reason = f"{row.channel.value} not delivered: {row.error_reason}"
+    fu.updated_at = now
+    session.add(fu)
+    call = contacts.schedule_retry(session, follow_up=fu, office=office, today=contacts.office_today_at(office, now))
+    call.automated, call.channel = False, Channel.phone
+    call.status_reason = fu.status_reason
+    session.add(call)
+
+
+def reconcile_stuck(session: Session, clock: Clock) -> int:
+    """Rows left in ``sending`` by a dispatcher that died: the provider may have them. Mark
+    them unknown (a status callback can still move them on); never send them again."""
+    now = clock.now()
+    result = session.exec(
+        update(OutboxMessage)
+        .where(OutboxMessage.status == MessageStatus.sending, OutboxMessage.claimed_at < now - STUCK_AFTER)
+        .values(
+            status=MessageStatus.unknown, updated_at=now, error_reason="the sender stopped while sending; not re-sent"
+        )  # fmt: skip
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0

@@ -1,0 +1,80 @@
+"""Every periodic job, in one registry: the scheduler, ``teichaku jobs run`` and the tests use it.
+
+A job is either ``(session, ctx) -> int``, run in its own unit of work in a worker thread, or an
+async ``(ctx) -> int`` that manages its own sessions (sending must not hold a transaction open).
+Each returns how many rows it acted on. Jobs take the clock from the context, so a test can run
+any job at any chosen instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+from sqlmodel import Session
+
+from service.clock import Clock
+from service.contacts.messaging import outbox
+from service.db import session_scope
+from service.outcomes import jobs as follow_up_jobs
+from service.schedules.jobs import mark_missed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    factory: sessionmaker[Session]
+    clock: Clock
+    messaging: Any = None  # service.contacts.messaging.outbox.Messaging
+
+
+SyncJob = Callable[[Session, JobContext], int]
+AsyncJob = Callable[[JobContext], Awaitable[int]]
+
+JOBS: dict[str, SyncJob | AsyncJob] = {
+    "mark_missed": lambda s, ctx: mark_missed(s, ctx.clock),
+    "plan_check_ins": lambda s, ctx: outbox.plan_check_ins(s, ctx.clock, ctx.messaging),
+    "reconcile_outbox": lambda s, ctx: outbox.reconcile_stuck(s, ctx.clock),
+    "dispatch": lambda ctx: outbox.dispatch_once(ctx.factory, ctx.messaging, ctx.clock),
+    "escalate_unanswered": lambda s, ctx: follow_up_jobs.escalate_unanswered(s, ctx.clock, ctx.messaging),
+    "morning_digest": lambda s, ctx: follow_up_jobs.morning_digest(s, ctx.clock, ctx.messaging),
+    "deliver_alerts": lambda s, ctx: follow_up_jobs.deliver_alerts(s, ctx.clock, ctx.messaging),
+}
+ASYNC = {"dispatch"}
+
+
+async def arun_job(name: str, ctx: JobContext) -> int:
+    job = JOBS[name]
+    started = time.perf_counter()
+    try:
+        if name in ASYNC:
+            count = await job(ctx)  # type: ignore[call-arg,misc]
+        else:
+            count = await asyncio.to_thread(_run_sync, job, ctx)
+    except Exception:
+        log.exception("job %s failed", name)
+        raise
+    log.info("job %s done: %s row(s) in %d ms", name, count, (time.perf_counter() - started) * 1000)
+    return count
+
+
+def _run_sync(job: SyncJob, ctx: JobContext) -> int:
+    with session_scope(ctx.factory) as session:
+        return job(session, ctx)
+
+
+def run_job(name: str, factory: sessionmaker[Session], clock: Clock, messaging: Any = None) -> int:
+    """Run one job now, from synchronous code (the CLI, tests)."""
+    ctx = JobContext(factory, clock, messaging)
+    if name in ASYNC:
+        return asyncio.run(arun_job(name, ctx))
+    job = JOBS[name]
+    assert not inspect.iscoroutinefunction(job)
+    return _run_sync(job, ctx)  # type: ignore[arg-type]

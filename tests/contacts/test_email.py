@@ -1,0 +1,454 @@
+"""E-mail check-ins against a real SMTP server (aiosmtpd on loopback), and the reply link.
+
+Nothing of ours is faked: plans are written by ``plan_check_ins``, sent by ``dispatch`` through
+the real ``SmtpAdapter`` (aiosmtplib), and answered through the real reply page.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from email.utils import parseaddr
+
+import pytest
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlmodel import col, select
+
+from service.clock import FixedClock
+from service.contacts.messaging.models import InboundMessage, MessageStatus, OutboxMessage, Purpose
+from service.contacts.messaging.replies import ReplyLinks
+from service.contacts.models import FollowUp, FollowUpStatus, Party
+from service.jobs import run_job
+from service.outcomes.models import Outcome
+from tests.conftest import TEST_SECRET
+from tests.contacts.smtp_sink import free_port, smtp_messaging, smtp_sink
+
+# The clock fixture stands on Monday 2026-04-20 09:00 in Tokyo: a placement that started on
+# 2026-03-20 has its one-month e-mail check-in (standard-3m) due today.
+START = "2026-03-20"
+LINK = re.compile(r"http://127\.0\.0\.1:8000/r/([A-Za-z0-9._-]+)")
+
+
+@pytest.fixture
+def sink():
+    with smtp_sink() as (handler, port):
+        yield handler, port
+
+
+def rows(factory, **where) -> list[OutboxMessage]:
+    with factory() as s:
+        q = select(OutboxMessage).order_by(OutboxMessage.id)
+        for k, v in where.items():
+            q = q.where(getattr(OutboxMessage, k) == v)
+        return list(s.exec(q).all())
+
+
+def one_row(factory, **where) -> OutboxMessage:
+    found = rows(factory, **where)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def email_follow_up(api, placement: dict, party: str = "client") -> dict:
+    return next(
+        f for f in api.follow_ups("a.worker", placement["id"])
+        if f["channel"] == "email" and f["party"] == party and f["automated"]
+    )  # fmt: skip
+
+
+def placements_with_emails(api, n: int, start: str = START) -> list[dict]:
+    employer = api.employer()
+    return [
+        api.placement(start=start, employer=employer, client=api.client(name=f"利用者 {i}", email=f"c{i}@example.jp"))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def outcomes_of(factory, follow_up_id: int) -> list[Outcome]:
+    with factory() as s:
+        return list(s.exec(select(Outcome).where(Outcome.follow_up_id == follow_up_id)).all())
+
+
+# ------------------------------------------------------------------ what arrives
+
+
+def test_a_due_check_in_arrives_with_its_japanese_text_and_a_reply_link(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    fu = email_follow_up(api, placement)
+    m = smtp_messaging(settings, port)
+
+    assert run_job("plan_check_ins", factory, clock, m) == 1
+    assert handler.received == []  # written first, sent by the dispatcher
+    assert run_job("dispatch", factory, clock, m) == 1
+
+    assert len(handler.received) == 1
+    got = handler.received[0]
+    assert got.mail_from == "office@example.jp" and got.rcpt_tos == ["taro@example.jp"]
+    msg = got.message
+    assert parseaddr(msg["From"])[1] == "office@example.jp"
+    assert parseaddr(msg["To"])[1] == "taro@example.jp"
+    assert str(msg["Subject"]) == "Office Aより：お仕事はいかがですか"
+    body = msg.get_body(("plain",)).get_content()
+    assert "こんにちは。Office Aです。" in body
+    assert "新しいお仕事はいかがですか" in body
+    assert "0126-22-1001" in body  # the office's phone, written the Japanese way
+    token = LINK.search(body).group(1)
+
+    row = one_row(factory, follow_up_id=fu["id"])
+    assert row.status == MessageStatus.sent and row.sent_at == clock.now()
+    assert row.purpose == Purpose.check_in and row.attempts == 1
+    assert msg["X-Teichaku-Outbox"] == str(row.id)
+    assert row.provider_id == msg["Message-ID"]
+    # The link in the e-mail is signed for exactly this message.
+    assert ReplyLinks(TEST_SECRET, settings.public_url).read(token) == (row.id, None)
+    # And it opens the reply page.
+    assert api.http.get(f"/r/{token}").status_code == 200
+
+    # Sent once: another plan and dispatch change nothing.
+    assert run_job("plan_check_ins", factory, clock, m) == 0
+    assert run_job("dispatch", factory, clock, m) == 0
+    assert len(handler.received) == 1
+
+
+def test_a_batch_uses_one_connection_and_every_message_id_is_unique(api, settings, factory, clock, sink):
+    handler, port = sink
+    placements_with_emails(api, 5)
+    m = smtp_messaging(settings, port)
+    assert run_job("plan_check_ins", factory, clock, m) == 5
+
+    assert run_job("dispatch", factory, clock, m) == 5
+    assert m.email.connections == 1
+    assert handler.connections == 1
+    assert len({r.peer for r in handler.received}) == 1
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == [f"c{i}@example.jp" for i in range(5)]
+    ids = [r.message["Message-ID"] for r in handler.received]
+    assert len(set(ids)) == 5 and all(re.fullmatch(r"<[^<>@\s]+@example\.jp>", i) for i in ids)
+    assert sorted(r.provider_id for r in rows(factory)) == sorted(ids)
+
+
+def test_with_a_batch_of_one_every_message_needs_its_own_connection(api, settings, factory, clock, sink):
+    handler, port = sink
+    placements_with_emails(api, 4)
+    m = smtp_messaging(settings, port, dispatch_batch=1)
+    assert run_job("plan_check_ins", factory, clock, m) == 4
+
+    assert [run_job("dispatch", factory, clock, m) for _ in range(5)] == [1, 1, 1, 1, 0]
+    assert m.email.connections == 4
+    assert handler.connections == 4
+    assert len({r.peer for r in handler.received}) == 4
+
+
+def test_starttls_required_but_not_offered_sends_nothing_in_clear(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    m = smtp_messaging(settings, port, smtp_starttls=True)
+    run_job("plan_check_ins", factory, clock, m)
+
+    assert run_job("dispatch", factory, clock, m) == 0
+    assert handler.received == [] and handler.refused == []  # not even MAIL FROM / RCPT TO
+    row = one_row(factory, follow_up_id=email_follow_up(api, placement)["id"])
+    assert row.status == MessageStatus.queued and row.sent_at is None
+    assert row.next_attempt_at > clock.now()  # tried again later, not in a loop
+    assert "mail server" in row.error_reason
+
+
+# ------------------------------------------------------------------ refusals and outages
+
+
+def test_a_refused_address_fails_for_good_and_becomes_a_phone_call_for_the_worker(api, settings, factory, clock):
+    with smtp_sink(rcpt_codes={"gone@example.jp": "550 5.1.1 No such user"}) as (handler, port):
+        placement = api.placement(start=START, client=api.client(email="gone@example.jp"))
+        fu = email_follow_up(api, placement)
+        m = smtp_messaging(settings, port)
+        run_job("plan_check_ins", factory, clock, m)
+        assert run_job("dispatch", factory, clock, m) == 0
+
+        row = one_row(factory, follow_up_id=fu["id"])
+        assert row.status == MessageStatus.failed and row.error_code == "550"
+        assert row.error_reason == "the address was refused by the mail server"
+        # Never retried: not later, not the next day.
+        later = FixedClock(clock.now() + timedelta(days=1))
+        assert run_job("dispatch", factory, later, m) == 0
+        assert handler.refused == [("gone@example.jp", "550 5.1.1 No such user")]
+        assert handler.received == []
+        assert one_row(factory, follow_up_id=fu["id"]).status == MessageStatus.failed
+
+    after = {f["id"]: f for f in api.follow_ups("a.worker", placement["id"])}
+    assert after[fu["id"]]["status"] == "attempted"
+    assert "refused" in after[fu["id"]]["status_reason"]
+    retry = next(f for f in after.values() if f["retry_of"] == fu["id"])
+    assert retry["channel"] == "phone" and not retry["automated"] and retry["status"] == "pending"
+    assert retry["due_date"] == "2026-04-21"  # the next business day
+    queue = api.ok(api.get("a.worker", "/api/v1/queue", params={"date": "2026-04-21"}))
+    item = next(i for i in queue["items"] if i["follow_up_id"] == retry["id"])
+    assert item["channel"] == "phone" and item["client"]["name"] == "山田 太郎"
+
+
+def test_a_temporary_refusal_is_retried_after_a_backoff_and_then_sent(api, settings, factory, clock):
+    codes = {"busy@example.jp": ["451 4.3.0 Try again later"]}  # once, then accepted
+    with smtp_sink(rcpt_codes=codes) as (handler, port):
+        placement = api.placement(start=START, client=api.client(email="busy@example.jp"))
+        fu = email_follow_up(api, placement)
+        m = smtp_messaging(settings, port)
+        run_job("plan_check_ins", factory, clock, m)
+
+        assert run_job("dispatch", factory, clock, m) == 0
+        row = one_row(factory, follow_up_id=fu["id"])
+        assert row.status == MessageStatus.queued and row.error_code == "451"
+        assert row.next_attempt_at > clock.now()
+        # Not before its time.
+        assert run_job("dispatch", factory, FixedClock(row.next_attempt_at - timedelta(seconds=1)), m) == 0
+        assert handler.received == []
+
+        assert run_job("dispatch", factory, FixedClock(row.next_attempt_at), m) == 1
+        row = one_row(factory, follow_up_id=fu["id"])
+        assert row.status == MessageStatus.sent and row.attempts == 2
+        assert [r.rcpt_tos for r in handler.received] == [["busy@example.jp"]]
+        assert len(handler.refused) == 1
+    fu_after = next(f for f in api.follow_ups("a.worker", placement["id"]) if f["id"] == fu["id"])
+    assert fu_after["status"] == "pending"  # waiting for the answer, not handed to the worker
+
+
+def test_a_server_that_hangs_up_mid_batch_loses_nothing(api, settings, factory, clock):
+    # A server that will take no more on this connection answers 421 and closes it. The
+    # messages after that one were never handed over: they wait for the next dispatch, they
+    # are not "unknown" (which would never be sent).
+    codes = {"c1@example.jp": ["421 4.7.0 Too many messages, closing connection"]}
+    with smtp_sink(rcpt_codes=codes) as (handler, port):
+        placements_with_emails(api, 4)
+        m = smtp_messaging(settings, port)
+        run_job("plan_check_ins", factory, clock, m)
+
+        assert run_job("dispatch", factory, clock, m) == 1
+        assert [r.rcpt_tos for r in handler.received] == [["c0@example.jp"]]
+        by_to = {r.to_address: r for r in rows(factory)}
+        assert by_to["c0@example.jp"].status == MessageStatus.sent
+        for to in ("c1@example.jp", "c2@example.jp", "c3@example.jp"):
+            assert by_to[to].status == MessageStatus.queued and by_to[to].next_attempt_at > clock.now()
+
+        retry = FixedClock(max(r.next_attempt_at for r in by_to.values()))
+        assert run_job("dispatch", factory, retry, m) == 3
+        assert sorted(r.rcpt_tos[0] for r in handler.received) == [f"c{i}@example.jp" for i in range(4)]
+    assert {r.status for r in rows(factory)} == {MessageStatus.sent}
+
+
+def test_a_mail_server_that_is_down_loses_nothing(api, settings, factory, clock):
+    port = free_port()  # nobody listens here yet
+    placements_with_emails(api, 3)
+    m = smtp_messaging(settings, port)
+    assert run_job("plan_check_ins", factory, clock, m) == 3
+
+    assert run_job("dispatch", factory, clock, m) == 0
+    queued = rows(factory)
+    assert [r.status for r in queued] == [MessageStatus.queued] * 3
+    assert all(r.next_attempt_at > clock.now() and "could not be reached" in r.error_reason for r in queued)
+
+    with smtp_sink(port=port) as (handler, _):
+        later = FixedClock(max(r.next_attempt_at for r in queued))
+        assert run_job("dispatch", factory, later, m) == 3
+        assert sorted(r.rcpt_tos[0] for r in handler.received) == [f"c{i}@example.jp" for i in range(3)]
+    assert {r.status for r in rows(factory)} == {MessageStatus.sent}
+
+
+def test_the_send_rate_is_never_exceeded(api, settings, factory, clock, sink):
+    handler, port = sink
+    placements_with_emails(api, 6)
+    # Two batches of three: the rate holds inside a batch and from one batch to the next.
+    m = smtp_messaging(settings, port, send_rate_per_second=5.0, dispatch_batch=3)
+    run_job("plan_check_ins", factory, clock, m)
+
+    started = time.monotonic()
+    assert run_job("dispatch", factory, clock, m) == 3
+    assert run_job("dispatch", factory, clock, m) == 3
+    assert time.monotonic() - started >= 1.0
+    assert handler.connections == 2
+    stamps = [r.at for r in handler.received]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert len(gaps) == 5
+    # 5 a second: never two within 0.2 s (15 ms for the arrival jitter of a loaded machine)
+    assert min(gaps) >= 0.2 - 0.015, gaps
+    assert stamps[-1] - stamps[0] >= 1.0 - 0.01
+
+
+# ------------------------------------------------------------------ the reply link
+
+
+def _sent_link(api, settings, factory, clock, port, *, placement: dict, party: str = "client") -> tuple[str, int]:
+    m = smtp_messaging(settings, port)
+    run_job("plan_check_ins", factory, clock, m)
+    run_job("dispatch", factory, clock, m)
+    fu = email_follow_up(api, placement, party)
+    row = one_row(factory, follow_up_id=fu["id"])
+    assert row.status == MessageStatus.sent
+    return row.id, fu["id"]
+
+
+def _token_in_mail(handler, outbox_id: int) -> str:
+    got = next(r for r in handler.received if r.outbox_id == outbox_id)
+    return LINK.search(got.message.get_body(("plain",)).get_content()).group(1)
+
+
+def test_the_reply_link_records_one_answer_and_refuses_a_second(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+
+    page = api.http.get(f"/r/{token}")
+    assert page.status_code == 200
+    for value, label in (("doing_well", "順調です"), ("some_worries", "少し心配なことがある"),
+                         ("struggling", "つらい"), ("call_me", "電話がほしい")):  # fmt: skip
+        assert f'value="{value}"' in page.text and label in page.text
+    assert "Office A" in page.text and "0126-22-1001" in page.text
+
+    r = api.http.post(f"/r/{token}", data={"answer": "some_worries", "text": "上司が少しこわいです"})
+    assert r.status_code == 200 and "お返事ありがとうございました" in r.text
+
+    fu = next(f for f in api.follow_ups("a.worker", placement["id"]) if f["id"] == fu_id)
+    assert fu["status"] == "done" and fu["completed_at"]
+    [outcome] = outcomes_of(factory, fu_id)
+    assert outcome.party == Party.client and outcome.reached and outcome.source == "link"
+    assert outcome.wellbeing == 3 and outcome.recorded_by is None
+    assert "some worries" in outcome.note and "上司が少しこわいです" in outcome.note
+    assert outcome.reply_class in ("watch", "urgent")  # at least the tapped answer's class
+
+    again = api.http.post(f"/r/{token}", data={"answer": "struggling", "text": "もう一度"})
+    assert again.status_code == 410 and "もう使われています" in again.text
+    assert api.http.get(f"/r/{token}").status_code == 410
+    assert len(outcomes_of(factory, fu_id)) == 1
+    with factory() as s:
+        assert s.get(Outcome, outcome.id).note == outcome.note
+
+
+def test_answers_sent_at_the_same_moment_through_one_link_count_once(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+    answers = ["doing_well", "some_worries", "struggling", "call_me"] * 2
+    barrier = threading.Barrier(len(answers))
+
+    def tap(answer: str) -> int:
+        barrier.wait()
+        return api.http.post(f"/r/{token}", data={"answer": answer}).status_code
+
+    with ThreadPoolExecutor(len(answers)) as pool:
+        codes = list(pool.map(tap, answers))
+    assert sorted(codes) == [200] + [410] * (len(answers) - 1)
+    assert len(outcomes_of(factory, fu_id)) == 1
+    with factory() as s:
+        assert len(s.exec(select(InboundMessage).where(InboundMessage.outbox_id == outbox_id)).all()) == 1
+
+
+class _SignedDaysAgo(TimestampSigner):
+    """A signer whose clock is ``days`` behind: what a link mailed that long ago carries."""
+
+    days = 0
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) - self.days * 86400
+
+
+def _old_token(outbox_id: int, days: int) -> str:
+    signer = type("Signer", (_SignedDaysAgo,), {"days": days})
+    return URLSafeTimedSerializer(TEST_SECRET, salt="teichaku.reply-link", signer=signer).dumps(outbox_id)
+
+
+def test_an_expired_or_tampered_link_says_so_kindly_and_records_nothing(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+
+    # Thirteen days old still works (links live 14 days); fifteen days old does not.
+    assert api.http.get(f"/r/{_old_token(outbox_id, 13)}").status_code == 200
+    expired = _old_token(outbox_id, 15)
+    for r in (api.http.get(f"/r/{expired}"), api.http.post(f"/r/{expired}", data={"answer": "doing_well"})):
+        assert r.status_code == 410
+        assert "期限が切れています" in r.text and "お電話ください" in r.text
+        assert "0126-22-1001" in r.text  # the number to call, right there
+
+    payload, stamp, sig = token.split(".")
+    other = ReplyLinks(TEST_SECRET, settings.public_url).token(outbox_id + 1).split(".")[0]
+    forged = URLSafeTimedSerializer("not-our-secret", salt="teichaku.reply-link").dumps(outbox_id)
+    tampered = [
+        f"{payload}.{stamp}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}",  # signature changed
+        f"{other}.{stamp}.{sig}",  # another message's id under this signature
+        forged,  # signed with another key
+        "not-a-token",
+    ]
+    for bad in tampered:
+        for r in (api.http.get(f"/r/{bad}"), api.http.post(f"/r/{bad}", data={"answer": "call_me"})):
+            assert r.status_code in (404, 410), r.status_code
+            assert "このリンクは使えません" in r.text
+
+    assert outcomes_of(factory, fu_id) == []
+    assert one_row(factory, id=outbox_id).answered_at is None
+    # The real link still works afterwards.
+    assert api.http.post(f"/r/{token}", data={"answer": "doing_well"}).status_code == 200
+    assert len(outcomes_of(factory, fu_id)) == 1
+
+
+# ------------------------------------------------------------------ the employer's check-in
+
+
+def test_the_employer_check_in_goes_only_with_consent_and_records_the_employers_report(
+    api, settings, factory, clock, sink
+):
+    handler, port = sink
+    # Started two months ago: the employer e-mail step (offset_months = 2) is due today.
+    yes = api.placement(
+        start="2026-02-20",
+        client=api.client(name="同意 あり", email="yes@example.jp", consent_employer=True),
+        employer=api.employer(name="A社", email="boss-a@example.jp"),
+    )
+    no = api.placement(
+        start="2026-02-20",
+        client=api.client(name="同意 なし", email="no@example.jp", consent_employer=False),
+        employer=api.employer(name="B社", email="boss-b@example.jp"),
+    )
+    no_email = api.placement(
+        start="2026-02-20",
+        client=api.client(name="連絡先 なし", email="x@example.jp", consent_employer=True),
+        employer=api.employer(name="C社", email=None),
+    )
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=yes, party="employer")
+
+    assert [r.rcpt_tos for r in handler.received] == [["boss-a@example.jp"]]
+    got = handler.received[0].message
+    assert str(got["Subject"]) == "Office Aより：職場でのご様子について"
+    assert "職場でのご様子" in got.get_body(("plain",)).get_content()
+    row = one_row(factory, id=outbox_id)
+    assert row.purpose == Purpose.employer_check_in and row.to_address == "boss-a@example.jp"
+    # Nothing to B社 (no consent) or C社 (no address); and the reasons are there.
+    assert rows(factory, to_address="boss-b@example.jp") == []
+    without = email_follow_up(api, no, "employer")
+    assert without["status"] == "skipped" and "consent" in without["status_reason"]
+    missing = email_follow_up(api, no_email, "employer")
+    assert missing["status"] == "skipped" and "e-mail" in missing["status_reason"]
+
+    token = _token_in_mail(handler, outbox_id)
+    page = api.http.get(f"/r/{token}")
+    assert page.status_code == 200
+    for value in ("attending_well", "some_concerns", "absences", "call_me"):
+        assert f'value="{value}"' in page.text
+    assert 'value="doing_well"' not in page.text
+    # A client's answer is not an employer's answer.
+    assert api.http.post(f"/r/{token}", data={"answer": "doing_well"}).status_code == 422
+    r = api.http.post(f"/r/{token}", data={"answer": "absences", "text": "今週2回遅刻"})
+    assert r.status_code == 200
+
+    [outcome] = outcomes_of(factory, fu_id)
+    assert outcome.party == Party.employer and outcome.source == "link"
+    assert sorted(outcome.risk_signals) == ["absence", "lateness"]
+    assert outcome.reply_class == "urgent" and outcome.wellbeing is None
+    assert "今週2回遅刻" in outcome.note
+    with factory() as s:
+        fu = s.get(FollowUp, fu_id)
+        assert fu.status == FollowUpStatus.done and fu.party == Party.employer
+        # It is the employer's report: nothing is recorded as the client's own answer.
+        assert s.exec(select(Outcome).where(col(Outcome.placement_id) == yes["id"])).all() == [outcome]

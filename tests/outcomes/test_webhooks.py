@@ -1,0 +1,569 @@
+"""Twilio's webhooks: inbound SMS, voice check-ins (TwiML and the keypad answer), status callbacks.
+
+Every request is signed the way Twilio signs it, with twilio's own ``RequestValidator``, over the
+configured public URL (``TEICHAKU_PUBLIC_URL``) plus the path and query. Check-ins are planned
+and dispatched by the real jobs with the app's own messaging (the development adapter, since no
+Twilio account is configured: only the auth token, which signatures need).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import urllib.parse
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlmodel import select
+from twilio.request_validator import RequestValidator
+
+from service.app import create_app
+from service.contacts.messaging.models import (
+    InboundMessage,
+    MessageChannel,
+    MessageStatus,
+    OutboxMessage,
+    Purpose,
+)
+from service.contacts.models import Channel, Client, FollowUp, FollowUpStatus
+from service.db import session_scope
+from service.jobs import run_job
+from service.models import metadata
+from service.outcomes.models import Outcome
+
+TOKEN = "webhook-test-auth-token-0123456789abcdef"
+PUBLIC = "http://127.0.0.1:8000"  # the settings' default public URL
+START = "2026-04-16"  # the standard plan's automated SMS (day 4) is due on the fixture clock's day
+SMS = "/webhooks/twilio/sms"
+OFFICE_PHONE = "0126-22-1001"  # Office A's number (tests/helpers.py), as a client reads it
+
+
+@pytest.fixture
+def settings(settings):
+    """The suite's settings with a Twilio auth token (to check signatures) and two-way SMS on."""
+    return settings.model_copy(update={"twilio_auth_token": TOKEN, "twilio_two_way_sms": True})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def signature(url: str, params: dict[str, str], token: str = TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, params)
+
+
+def post_signed(http: TestClient, path: str, params: dict[str, str], *, public: str = PUBLIC):
+    return http.post(path, data=params, headers={"X-Twilio-Signature": signature(public + path, params)})
+
+
+@dataclass
+class CheckIn:
+    client_id: int
+    follow_up_id: int
+    phone: str  # E.164, as Twilio sends From
+    outbox_id: int | None = None
+    provider_id: str | None = None
+
+
+def check_in(api, factory, *, phone="090-1234-5678", language="ja", channel=Channel.sms) -> CheckIn:
+    """A client whose automated check-in is due today (not planned yet)."""
+    client = api.client(phone=phone, language=language, consent_automated=True)
+    placement = api.placement(start=START, client=client)
+    (fu,) = [
+        f for f in api.follow_ups("a.worker", placement["id"])
+        if f["automated"] and f["channel"] == "sms" and f["due_date"] == "2026-04-20"
+    ]  # fmt: skip
+    if channel != Channel.sms:
+        with session_scope(factory) as s:
+            row = s.get(FollowUp, fu["id"])
+            row.channel = channel
+            s.add(row)
+    return CheckIn(client["id"], fu["id"], client["phone"])
+
+
+def messaging(http: TestClient):
+    return http.app.state.messaging
+
+
+def plan(http, factory, clock) -> int:
+    return run_job("plan_check_ins", factory, clock, messaging(http))
+
+
+def dispatch(http, factory, clock) -> int:
+    return run_job("dispatch", factory, clock, messaging(http))
+
+
+def sent_check_in(api, http, factory, clock, **kw) -> CheckIn:
+    """A check-in planned and sent (through the development adapter)."""
+    ci = check_in(api, factory, **kw)
+    plan(http, factory, clock)
+    dispatch(http, factory, clock)
+    with factory() as s:
+        (row,) = s.exec(select(OutboxMessage).where(OutboxMessage.follow_up_id == ci.follow_up_id)).all()
+    assert row.status == MessageStatus.sent
+    ci.outbox_id, ci.provider_id = row.id, row.provider_id
+    return ci
+
+
+def sms(ci: CheckIn, body: str, sid: str = "SM" + "1" * 32) -> dict[str, str]:
+    return {"MessageSid": sid, "SmsSid": sid, "AccountSid": "AC" + "0" * 32, "From": ci.phone,
+            "To": "+815012345678", "Body": body, "NumMedia": "0"}  # fmt: skip
+
+
+def rows(factory, model, *where):
+    with factory() as s:
+        return list(s.exec(select(model).where(*where)).all())
+
+
+def outcomes_of(factory, ci: CheckIn) -> list[Outcome]:
+    return rows(factory, Outcome, Outcome.follow_up_id == ci.follow_up_id)
+
+
+def replies_to(factory, ci: CheckIn) -> list[OutboxMessage]:
+    return rows(factory, OutboxMessage, OutboxMessage.client_id == ci.client_id, OutboxMessage.purpose == Purpose.reply)
+
+
+def snapshot(factory) -> dict[str, list]:
+    """Every row of every table: a webhook refused must change none of them."""
+    with factory() as s:
+        return {t.name: [tuple(r) for r in s.execute(sa.select(t).order_by(*t.primary_key.columns)).all()]
+                for t in metadata.sorted_tables}  # fmt: skip
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def test_unsigned_or_wrongly_signed_is_refused_and_nothing_changes(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    status_path = f"/webhooks/twilio/status?outbox_id={ci.outbox_id}"
+    cases = [
+        (SMS, sms(ci, "STOP")),
+        (SMS, sms(ci, "1")),
+        (f"/webhooks/twilio/voice/{ci.outbox_id}", {"CallSid": "CA" + "2" * 32}),
+        (f"/webhooks/twilio/voice/{ci.outbox_id}/answer", {"CallSid": "CA" + "2" * 32, "Digits": "9"}),
+        (status_path, {"MessageSid": ci.provider_id, "MessageStatus": "delivered"}),
+    ]
+    before = snapshot(factory)
+    for path, params in cases:
+        right = signature(PUBLIC + path, params)
+        tampered = dict(params, Extra="x")
+        for headers, data in [
+            ({}, params),
+            ({"X-Twilio-Signature": ""}, params),
+            ({"X-Twilio-Signature": signature(PUBLIC + path, params, token="another-token")}, params),
+            ({"X-Twilio-Signature": signature("https://127.0.0.1:8000" + path, params)}, params),
+            ({"X-Twilio-Signature": signature(PUBLIC + SMS if path != SMS else PUBLIC + status_path, params)}, params),
+            ({"X-Twilio-Signature": right.lower()}, params),
+            ({"X-Twilio-Signature": right}, tampered),
+        ]:
+            r = http.post(path, data=data, headers=headers)
+            assert r.status_code == 403, (path, headers, r.status_code, r.text)
+    assert snapshot(factory) == before
+
+
+def _multipart(params: dict[str, str], boundary: str) -> bytes:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in params.items()]
+    return ("".join(parts) + f"--{boundary}--\r\n").encode()
+
+
+def _fuzz_request(rng: random.Random, sms_ci: CheckIn, voice_ci: CheckIn) -> tuple[str, bytes, dict, bool]:
+    """One malformed or unsigned post: (path with query, body, headers, whether it is unsigned)."""
+
+    def junk(n: int) -> str:
+        """Printable ASCII, kana and any code point at all (lone surrogates become "?")."""
+        chars = (rng.choice([rng.randrange(32, 127), rng.randrange(0x3000, 0x30FF), rng.randrange(0, 0x10FFFF)])
+                 for _ in range(n))  # fmt: skip
+        return "".join(map(chr, chars)).encode("utf-8", "replace").decode("utf-8")
+
+    kind = rng.choice(["sms", "voice", "answer", "status", "odd"])
+    sid = "SM" + "".join(rng.choice("0123456789abcdef") for _ in range(32))
+    call = "CA" + "".join(rng.choice("0123456789abcdef") for _ in range(32))
+    if kind == "sms":
+        path = SMS
+        params = {
+            "MessageSid": sid,
+            "From": sms_ci.phone,
+            "Body": rng.choice(["STOP", "1", "２", "死にたい", "HELP", "再開", "I want to quit", junk(20)]),
+        }
+    elif kind == "voice":
+        path = f"/webhooks/twilio/voice/{voice_ci.outbox_id}"
+        params = {"CallSid": call, "To": voice_ci.phone, "CallStatus": "in-progress"}
+    elif kind == "answer":
+        path = f"/webhooks/twilio/voice/{voice_ci.outbox_id}/answer"
+        params = {"CallSid": call, "Digits": rng.choice("12399"), "To": voice_ci.phone}
+    elif kind == "status":
+        path = f"/webhooks/twilio/status?outbox_id={sms_ci.outbox_id}"
+        status = rng.choice(["delivered", "failed", "undelivered"])
+        params = {"MessageSid": sms_ci.provider_id, "MessageStatus": status, "ErrorCode": "30003"}
+    else:
+        path = rng.choice([
+            "/webhooks/twilio/voice/abc", "/webhooks/twilio/voice/-1/answer",
+            "/webhooks/twilio/voice/99999999999999999999", "/webhooks/twilio/status?outbox_id=x",
+            "/webhooks/twilio/status?outbox_id=99999999999999999999", "/webhooks/twilio/status",
+            f"/webhooks/twilio/status?outbox_id={sms_ci.outbox_id}&outbox_id={voice_ci.outbox_id}",
+            f"/webhooks/twilio/voice/{sms_ci.outbox_id}", SMS + "?x=%ff%fe", "/webhooks/twilio/sms/",
+            "/webhooks/twilio/",
+        ])  # fmt: skip
+        params = {"MessageSid": sid, "CallSid": call, "From": sms_ci.phone, "Body": "STOP", "Digits": "9",
+                  "MessageStatus": "delivered"}  # fmt: skip
+    # Mangle the fields: drop some, add some, make some huge or strange.
+    for key in list(params):
+        if rng.random() < 0.15:
+            del params[key]
+    for _ in range(rng.choice([0, 0, 1, 3])):
+        params[junk(rng.randrange(1, 12))] = junk(rng.randrange(0, 40))
+    if rng.random() < 0.05:
+        params[rng.choice(["Body", "MessageSid", "From", "Digits"])] = "あ" * rng.choice([2001, 70_000])
+    unsigned = True
+    mode = rng.choice(["none", "empty", "garbage", "latin1", "wrong token", "other url", "tampered", "huge",
+                       "signed but malformed"])  # fmt: skip
+    headers: dict[str, str | bytes] = {}
+    if mode == "empty":
+        headers["X-Twilio-Signature"] = ""
+    elif mode == "garbage":
+        headers["X-Twilio-Signature"] = base64.b64encode(rng.randbytes(rng.choice([20, 32, 3]))).decode()
+    elif mode == "latin1":
+        headers["X-Twilio-Signature"] = bytes(rng.randrange(128, 256) for _ in range(28))
+    elif mode == "huge":
+        headers["X-Twilio-Signature"] = "A" * 60_000
+    elif mode == "wrong token":
+        headers["X-Twilio-Signature"] = signature(PUBLIC + path, params, token=junk(10) or "x")
+    elif mode == "other url":
+        others = [
+            "https://127.0.0.1:8000" + path,
+            "http://testserver" + path,
+            PUBLIC + path + "/",
+            PUBLIC + path.split("?")[0],
+            PUBLIC + SMS + "?outbox_id=1",
+            "http://evil.example" + path,
+        ]
+        other = rng.choice([u for u in others if u != PUBLIC + path])
+        headers["X-Twilio-Signature"] = signature(other, params)
+    elif mode == "tampered":
+        headers["X-Twilio-Signature"] = signature(PUBLIC + path, params)
+        params = dict(params, Body=params.get("Body", "") + "!") if rng.random() < 0.5 else dict(params, Injected="1")
+    elif mode == "signed but malformed":
+        # A right signature over a request that must still change nothing.
+        unsigned = False
+        if path == SMS:
+            spoil = rng.choice(["MessageSid", "From", "long body", "long sid"])
+            if spoil == "long body":
+                params["Body"] = "x" * 2001
+            elif spoil == "long sid":
+                params["MessageSid"] = "SM" + "0" * 300
+            else:
+                params.pop(spoil, None)
+        elif "/answer" in path:
+            params["Digits"] = rng.choice(["", "5", "#", "*", "0"])
+        elif path.startswith("/webhooks/twilio/status"):
+            spoil = rng.choice(["no sid", "another sid", "odd status"])
+            if spoil == "no sid":
+                params.pop("MessageSid", None)
+            elif spoil == "another sid":
+                params["MessageSid"] = sid
+            else:
+                params["MessageStatus"] = rng.choice(["bogus", "queued", "", "SENT?"])
+        elif path.startswith("/webhooks/twilio/voice/") and path.count("/") == 4:
+            pass  # the TwiML of a call changes nothing, signed or not
+        headers["X-Twilio-Signature"] = signature(PUBLIC + path, params)
+    # The body, in one of many shapes.
+    shape = rng.choice(["form", "form", "form", "multipart", "no boundary", "json", "text", "none", "bytes", "sjis"])
+    if shape == "form":
+        body, ctype = urllib.parse.urlencode(params).encode(), "application/x-www-form-urlencoded"
+    elif shape == "multipart":
+        boundary = "b" + str(rng.randrange(10**9))
+        body, ctype = _multipart(params, boundary), f"multipart/form-data; boundary={boundary}"
+    elif shape == "no boundary":
+        body, ctype = _multipart(params, "zzz"), "multipart/form-data"
+    elif shape == "json":
+        body, ctype = json.dumps(params).encode(), "application/json"
+    elif shape == "text":
+        body, ctype = "\n".join(f"{k}={v}" for k, v in params.items()).encode(), "text/plain"
+    elif shape == "none":
+        body, ctype = urllib.parse.urlencode(params).encode(), None
+    elif shape == "bytes":
+        body, ctype = rng.randbytes(rng.randrange(0, 3000)), "application/x-www-form-urlencoded"
+    else:
+        body = urllib.parse.urlencode(params, encoding="shift_jis", errors="replace").encode()
+        ctype = "application/x-www-form-urlencoded; charset=shift_jis"
+    if ctype:
+        headers["Content-Type"] = ctype
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        name = rng.choice(["X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP", "Accept", "User-Agent",
+                           "I-Twilio-Idempotency-Token", "X-Twilio-Webhooks-Signature-Settings"])  # fmt: skip
+        headers[name] = rng.choice(["https", "evil.example", "TwilioProxy/1.1", "key=x,algorithm=HMAC_SHA256", "*/*",
+                                    "ü".encode("latin-1")])  # fmt: skip
+    return path, body, headers, unsigned
+
+
+def test_a_thousand_malformed_or_unsigned_posts_never_fail_and_change_nothing(api, http, factory, clock):
+    sms_ci = sent_check_in(api, http, factory, clock)
+    voice_ci = sent_check_in(api, http, factory, clock, phone="080-2222-3333", channel=Channel.voice)
+    rng = random.Random(20260420)
+    voice = f"/webhooks/twilio/voice/{voice_ci.outbox_id}"
+    routes = (SMS, voice, voice + "/answer", "/webhooks/twilio/status")
+    before = snapshot(factory)
+    statuses: dict[int, int] = {}
+    for i in range(1000):
+        path, body, headers, unsigned = _fuzz_request(rng, sms_ci, voice_ci)
+        r = http.post(path, content=body, headers=headers)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (i, path, headers, body[:200], r.status_code, r.text[:300])
+        if unsigned and path.split("?")[0] in routes:
+            assert r.status_code == 403, (i, path, headers, r.status_code, r.text[:300])
+    assert snapshot(factory) == before
+    assert statuses.get(403, 0) > 600, statuses  # most were refused at the door
+
+
+# ---------------------------------------------------------------- inbound SMS: answers
+
+
+def test_a_signed_sms_reply_records_an_outcome_and_the_follow_up_is_done(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    r = post_signed(http, SMS, sms(ci, "少し不安です"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
+    ET.fromstring(r.text)  # TwiML, no reply from us
+    (outcome,) = outcomes_of(factory, ci)
+    assert outcome.reached is True and outcome.source == "sms" and outcome.channel == Channel.sms
+    assert outcome.note == "少し不安です"
+    assert (outcome.reply_class, outcome.reply_reason) == ("watch", "tired, worried or lonely")
+    assert outcome.recorded_by is None
+    (fu,) = rows(factory, FollowUp, FollowUp.id == ci.follow_up_id)
+    assert fu.status == FollowUpStatus.done and fu.completed_at is not None
+    (inbound,) = rows(factory, InboundMessage)
+    assert (inbound.provider_id, inbound.outbox_id, inbound.client_id) == ("SM" + "1" * 32, ci.outbox_id, ci.client_id)
+    assert inbound.outcome_id == outcome.id and inbound.reply_class == "watch"
+
+
+@pytest.mark.parametrize(
+    "body, answer, wellbeing, reply_class",
+    [("1", "doing well", 4, "none"), ("２", "some worries", 3, "watch"), (" 3 ", "struggling", 2, "urgent"),
+     ("９", "call me", None, "urgent")],
+    ids=["1", "full-width 2", "3 with spaces", "full-width 9"],
+)  # fmt: skip
+def test_a_digit_reply_is_an_answer(body, answer, wellbeing, reply_class, api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert post_signed(http, SMS, sms(ci, body)).status_code == 200
+    (outcome,) = outcomes_of(factory, ci)
+    assert outcome.note == answer
+    assert (outcome.wellbeing, outcome.reply_class) == (wellbeing, reply_class)
+
+
+@pytest.mark.parametrize(
+    "body, reply_class, reason",
+    [
+        ("もう辞めたい", "urgent", "wants to quit"),
+        ("死にたい", "emergency", "talk of dying or self-harm"),
+        ("ｼﾆﾀｲ", "emergency", "talk of dying or self-harm"),
+        ("I want to quit", "urgent", "wants to quit"),
+        ("quite good", "none", None),
+    ],
+    ids=["yametai", "shinitai", "half-width shinitai", "quit", "quite good"],
+)
+def test_sms_replies_are_classified(body, reply_class, reason, api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert post_signed(http, SMS, sms(ci, body)).status_code == 200
+    (outcome,) = outcomes_of(factory, ci)
+    assert (outcome.reply_class, outcome.reply_reason, outcome.note) == (reply_class, reason, body)
+    (inbound,) = rows(factory, InboundMessage)
+    assert (inbound.reply_class, inbound.matched_reason) == (reply_class, reason)
+
+
+# ---------------------------------------------------------------- STOP, START, HELP
+
+
+@pytest.mark.parametrize("word", ["STOP", "ＳＴＯＰ", "stop", "unsubscribe", "停止", "配信停止"])
+def test_an_opt_out_word_stops_automated_messages_with_one_confirmation(word, api, http, factory, clock):
+    ci = check_in(api, factory, language="en" if word.isascii() else "ja")
+    params = sms(ci, word)
+    for _ in range(2):  # Twilio may deliver the same message twice
+        assert post_signed(http, SMS, params).status_code == 200
+    (client,) = rows(factory, Client, Client.id == ci.client_id)
+    assert client.opted_out_at is not None and client.opted_out_via == "sms"
+    (reply,) = replies_to(factory, ci)
+    assert (reply.channel, reply.to_address, reply.status) == (MessageChannel.sms, ci.phone, MessageStatus.queued)
+    assert ("stopped" in reply.body) if word.isascii() else ("停止しました" in reply.body)
+    # The planner now leaves the client alone, and says why.
+    assert plan(http, factory, clock) == 0
+    (fu,) = rows(factory, FollowUp, FollowUp.id == ci.follow_up_id)
+    assert fu.status == FollowUpStatus.skipped
+    assert fu.status_reason == "not sent: the client stopped automated messages"
+    # Only the confirmation goes out.
+    dev = messaging(http).phone
+    assert dispatch(http, factory, clock) == 1
+    assert [m.body for m in dev.sent] == [reply.body]
+    (inbound,) = rows(factory, InboundMessage)
+    assert inbound.command == "stop"
+
+
+def test_stop_cancels_a_check_in_already_waiting_to_be_sent(api, http, factory, clock):
+    ci = check_in(api, factory)
+    assert plan(http, factory, clock) == 1
+    assert post_signed(http, SMS, sms(ci, "停止")).status_code == 200
+    (check,) = rows(factory, OutboxMessage, OutboxMessage.follow_up_id == ci.follow_up_id)
+    assert check.status == MessageStatus.cancelled and "stopped" in check.error_reason
+    (fu,) = rows(factory, FollowUp, FollowUp.id == ci.follow_up_id)  # not left pending, to turn "missed" later
+    assert (fu.status, fu.status_reason) == (FollowUpStatus.skipped, "not sent: the client stopped automated messages")
+    assert dispatch(http, factory, clock) == 1  # the confirmation only
+    (reply,) = replies_to(factory, ci)
+    assert reply.status == MessageStatus.sent
+    assert [m.outbox_id for m in messaging(http).phone.sent] == [reply.id]
+
+
+@pytest.mark.parametrize("word", ["START", "再開"])
+def test_start_resumes_automated_messages(word, api, http, factory, clock):
+    ci = check_in(api, factory)
+    assert post_signed(http, SMS, sms(ci, "STOP", sid="SM" + "a" * 32)).status_code == 200
+    assert post_signed(http, SMS, sms(ci, word, sid="SM" + "b" * 32)).status_code == 200
+    (client,) = rows(factory, Client, Client.id == ci.client_id)
+    assert client.opted_out_at is None
+    stop_reply, start_reply = sorted(replies_to(factory, ci), key=lambda r: r.id)
+    assert "再開しました" in start_reply.body
+    assert plan(http, factory, clock) == 1  # check-ins again
+
+
+@pytest.mark.parametrize("word", ["HELP", "ヘルプ"])
+def test_help_answers_with_the_offices_contact_details(word, api, http, factory, clock):
+    ci = check_in(api, factory, language="en" if word.isascii() else "ja")
+    assert post_signed(http, SMS, sms(ci, word)).status_code == 200
+    (reply,) = replies_to(factory, ci)
+    assert OFFICE_PHONE in reply.body and "Office A" in reply.body
+    (client,) = rows(factory, Client, Client.id == ci.client_id)
+    assert client.opted_out_at is None
+    assert outcomes_of(factory, ci) == []
+
+
+# ---------------------------------------------------------------- the same message, concurrently
+
+
+@pytest.mark.parametrize("body", ["1", "STOP"])
+def test_the_same_message_sid_posted_20_times_concurrently_is_recorded_once(body, api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    params = sms(ci, body)
+    headers = {"X-Twilio-Signature": signature(PUBLIC + SMS, params)}
+
+    async def burst() -> list[httpx.Response]:
+        # The app's routes are sync and run in its thread pool: 20 requests really overlap.
+        transport = httpx.ASGITransport(app=http.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await asyncio.gather(*(c.post(SMS, data=params, headers=headers) for _ in range(20)))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    assert len(rows(factory, InboundMessage)) == 1
+    if body == "1":
+        assert len(outcomes_of(factory, ci)) == 1
+    else:
+        assert len(replies_to(factory, ci)) == 1
+
+
+# ---------------------------------------------------------------- voice
+
+
+def _twiml(text: str) -> ET.Element:
+    return ET.fromstring(text)
+
+
+@pytest.mark.parametrize("language, voice", [("ja", "ja-JP"), ("en", "en-US")])
+def test_a_voice_check_in_asks_for_one_key_in_the_clients_language(language, voice, api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock, language=language, channel=Channel.voice)
+    path = f"/webhooks/twilio/voice/{ci.outbox_id}"
+    r = post_signed(http, path, {"CallSid": "CA" + "3" * 32, "To": ci.phone, "CallStatus": "in-progress"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
+    root = _twiml(r.text)
+    gather = root.find("Gather")
+    assert gather is not None and gather.get("numDigits") == "1"
+    assert gather.get("action") == f"{PUBLIC}{path}/answer"
+    say = gather.find("Say")
+    assert say is not None and say.get("language") == voice
+    assert ("9" in say.text) and (("押してください" in say.text) if language == "ja" else ("Press 1" in say.text))
+
+
+def test_a_keypad_answer_is_recorded_once(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock, channel=Channel.voice)
+    path = f"/webhooks/twilio/voice/{ci.outbox_id}/answer"
+    params = {"CallSid": "CA" + "4" * 32, "Digits": "9", "To": ci.phone, "From": "+815012345678"}
+    for _ in range(3):  # Twilio retries
+        r = post_signed(http, path, params)
+        assert r.status_code == 200
+        assert _twiml(r.text).find("Say").get("language") == "ja-JP"
+    (outcome,) = outcomes_of(factory, ci)
+    assert (outcome.reply_class, outcome.reply_reason) == ("urgent", "asks to be called")
+    assert outcome.source == "voice" and outcome.channel == Channel.voice and outcome.reached
+    (fu,) = rows(factory, FollowUp, FollowUp.id == ci.follow_up_id)
+    assert fu.status == FollowUpStatus.done
+    (inbound,) = rows(factory, InboundMessage)
+    assert (inbound.provider_id, inbound.channel) == ("CA" + "4" * 32, MessageChannel.voice)
+
+
+# ---------------------------------------------------------------- status callbacks
+
+
+def _status(http, ci: CheckIn, status: str, sid: str | None = None, **extra):
+    params = {"MessageSid": sid or ci.provider_id, "MessageStatus": status, **extra}
+    return post_signed(http, f"/webhooks/twilio/status?outbox_id={ci.outbox_id}", params)
+
+
+def _outbox(factory, ci: CheckIn) -> OutboxMessage:
+    (row,) = rows(factory, OutboxMessage, OutboxMessage.id == ci.outbox_id)
+    return row
+
+
+def test_status_callbacks_move_forward_only(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert _status(http, ci, "delivered").status_code == 200
+    row = _outbox(factory, ci)
+    assert row.status == MessageStatus.delivered and row.delivered_at is not None
+    for late in ("sent", "queued", "sending", "failed"):
+        assert _status(http, ci, late).status_code == 200
+        assert _outbox(factory, ci).status == MessageStatus.delivered
+    # A callback about another message, or about none, changes nothing either.
+    other = sent_check_in(api, http, factory, clock, phone="080-5555-6666")
+    assert _status(http, other, "failed", sid="SM" + "9" * 32).status_code == 200
+    no_sid = post_signed(http, f"/webhooks/twilio/status?outbox_id={other.outbox_id}", {"MessageStatus": "failed"})
+    assert no_sid.status_code == 200
+    assert _outbox(factory, other).status == MessageStatus.sent
+
+
+def test_a_failed_callback_records_twilios_error_code(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert _status(http, ci, "undelivered", ErrorCode="30003").status_code == 200
+    row = _outbox(factory, ci)
+    assert (row.status, row.error_code) == (MessageStatus.failed, "30003")
+    assert "undelivered" in row.error_reason
+
+
+def test_a_callback_settles_a_message_left_unknown(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    with session_scope(factory) as s:  # as a timeout leaves it: Twilio may have it, we have no SID
+        row = s.get(OutboxMessage, ci.outbox_id)
+        row.status, row.provider_id, row.error_code = MessageStatus.unknown, None, "timeout"
+        s.add(row)
+    twilio_sid = "SM" + "5" * 32
+    assert _status(http, ci, "delivered", sid=twilio_sid).status_code == 200
+    row = _outbox(factory, ci)
+    assert (row.status, row.provider_id) == (MessageStatus.delivered, twilio_sid)
+
+
+# ---------------------------------------------------------------- behind a proxy
+
+
+def test_the_signature_is_checked_on_the_public_url_not_the_one_we_see(api, http, factory, clock, settings, engine):
+    """A proxy changes the scheme and the host: Twilio signed https://teichaku.example.jp/..., we
+    are asked for http://testserver/..."""
+    ci = sent_check_in(api, http, factory, clock)
+    public = "https://teichaku.example.jp"
+    proxied = create_app(settings.model_copy(update={"public_url": public}), engine=engine, clock=clock)
+    with TestClient(proxied) as behind:
+        params = sms(ci, "1")
+        seen = {"X-Twilio-Signature": signature("http://testserver" + SMS, params)}
+        assert behind.post(SMS, data=params, headers=seen).status_code == 403
+        assert outcomes_of(factory, ci) == []
+        assert post_signed(behind, SMS, params, public=public).status_code == 200
+        (outcome,) = outcomes_of(factory, ci)
+        assert outcome.reply_class == "none"
