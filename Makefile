@@ -22,7 +22,14 @@ run: $(STAMP)  ## serve the demo at http://127.0.0.1:8000 (SQLite under ./data)
 	@echo "Serving at http://127.0.0.1:8000  (API docs: http://127.0.0.1:8000/docs)"
 	$(BIN)/teichaku serve
 
-test: $(STAMP)  ## the whole suite, on SQLite and (when it answers) PostgreSQL
+# The tests' own tools from npm (Prism, the mock of Twilio's API), at the versions pinned in tests/package-lock.json.
+NODE_STAMP := tests/node_modules/.installed
+
+$(NODE_STAMP): tests/package.json tests/package-lock.json
+	cd tests && npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+test: $(STAMP) $(NODE_STAMP)  ## the whole suite, on SQLite and (when it answers) PostgreSQL
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

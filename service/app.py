@@ -3,7 +3,6 @@ token signer and the scheduler, chosen from settings, never at import."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,25 +12,36 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from service import __version__
 from service.accounts.routes import router as accounts_router
 from service.clock import Clock, SystemClock
+from service.contacts.messaging.outbox import Messaging
 from service.contacts.routes import router as contacts_router
 from service.db import make_engine, make_session_factory
 from service.errors import DomainError, ValidationFailed
+from service.jobs import JobContext
+from service.outcomes import crisis
+from service.outcomes.answer_routes import router as answer_router
+from service.outcomes.crisis_routes import router as crisis_router
+from service.outcomes.report_routes import router as reports_router
 from service.outcomes.routes import router as outcomes_router
 from service.schedules.plans import load_plans
 from service.schedules.scheduler import build_scheduler, catch_up
 from service.security import TokenSigner
 from service.settings import Settings, get_settings
+from service.validation import MAX_ID
 
 log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock | None = None
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    messaging: Messaging | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
 
@@ -44,11 +54,17 @@ def create_app(
         app.state.session_factory = make_session_factory(eng)
         app.state.clock = clock or SystemClock()
         app.state.plans = load_plans(settings.plans_dir)  # refuses to start on a bad template
+        # Crisis rules: refuses to start on a bad rule; every session carries them.
+        app.state.crisis_rules = crisis.load_crisis_rules(settings.config_dir / "crisis_rules.toml")
+        crisis.use_rules(app.state.session_factory, app.state.crisis_rules)
         app.state.signer = TokenSigner(settings.secret_key, settings.token_ttl_minutes * 60)
+        # Channels: real adapters when configured, else the development adapter (records only).
+        app.state.messaging = messaging or Messaging.from_settings(settings)
         scheduler = None
         if settings.scheduler_enabled:
-            await asyncio.to_thread(catch_up, app.state.session_factory, app.state.clock)
-            scheduler = build_scheduler(settings, app.state.session_factory, app.state.clock)
+            ctx = JobContext(app.state.session_factory, app.state.clock, app.state.messaging)
+            await catch_up(ctx)
+            scheduler = build_scheduler(settings, ctx)
             scheduler.start()
         app.state.scheduler = scheduler
         try:
@@ -68,6 +84,9 @@ def create_app(
     app.include_router(accounts_router)
     app.include_router(contacts_router)
     app.include_router(outcomes_router)
+    app.include_router(crisis_router)
+    app.include_router(answer_router)
+    app.include_router(reports_router)
     _install_error_handlers(app)
 
     @app.get("/healthz", tags=["operations"])
@@ -118,6 +137,28 @@ def _install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # A number too large for the database's integer columns (SQLite raises OverflowError,
+        # PostgreSQL a DataError), or another value the database cannot store. An id in the path
+        # that large names no record: 404. In the query string: 422 on that parameter.
+        log.warning("value out of range: %s", type(exc).__name__)
+
+        def too_big(value: str) -> bool:
+            digits = value.strip().lstrip("+-").lstrip("0")
+            return digits.isdecimal() and (len(digits) > 10 or int(digits) > MAX_ID)
+
+        if any(too_big(str(v)) for v in request.path_params.values()):
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        detail = [
+            {"loc": ["query", name], "msg": "is out of range", "type": "value_error"}
+            for name, value in request.query_params.items()
+            if too_big(value)
+        ]
+        return JSONResponse({"detail": detail or "a value is out of range or cannot be stored"}, status_code=422)
+
+    app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(DataError, _out_of_range)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:

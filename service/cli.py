@@ -8,7 +8,7 @@ import logging
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,6 +28,8 @@ app.add_typer(plans_app, name="plans")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(offices_app, name="offices")
 app.add_typer(users_app, name="users")
+report_app = typer.Typer(help="Reports for managers: retention and plan adherence.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -52,8 +54,8 @@ def _load_plans():
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="address to listen on")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port to listen on")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     scheduler: Annotated[bool, typer.Option(help="run the scheduler in this process")] = True,
 ) -> None:
     """Serve the API (and the scheduler)."""
@@ -65,9 +67,7 @@ def serve(
     if not scheduler:
         settings = settings.model_copy(update={"scheduler_enabled": False})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings), host=host or settings.host, port=port or settings.port, proxy_headers=True
-    )
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, proxy_headers=True)
 
 
 @app.command()
@@ -85,7 +85,7 @@ def demo(
     if_empty: Annotated[bool, typer.Option("--if-empty", help="do nothing if data exists")] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 2026,
 ) -> None:
-    """Load a believable demo caseload (2 offices, 7 staff, about 300 placements)."""
+    """Load a believable demo caseload (2 offices, 8 staff, 300 placements)."""
     from service.demo import DEMO_PASSWORD, demo_logins, load_demo
 
     factory = _factory()
@@ -125,9 +125,7 @@ def import_csv(
     try:
         with session_scope(_factory()) as session:
             with typer.progressbar(length=1, label="Importing", file=sys.stderr) as bar:
-                report = import_placements(
-                    session, data, plans=plans, clock=SystemClock(), progress=_progress(bar)
-                )
+                report = import_placements(session, data, plans=plans, clock=SystemClock(), progress=_progress(bar))
             if dry_run:
                 session.rollback()
     except ImportFailed as exc:
@@ -154,7 +152,7 @@ def _progress(bar):
 @app.command()
 def queue(
     worker: Annotated[str, typer.Option(help="the worker's e-mail")],
-    on: Annotated[Optional[datetime], typer.Option("--date", formats=["%Y-%m-%d"], help="YYYY-MM-DD")] = None,
+    on: Annotated[datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="YYYY-MM-DD")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Print a worker's daily queue."""
@@ -185,6 +183,36 @@ def queue(
         typer.echo(f"[{i.group:<7}] #{i.follow_up_id:<6} {when:<12} {i.client.name}  {i.action}  {reach}")
 
 
+@app.command()
+def outbox(
+    status: Annotated[
+        str | None, typer.Option(help="queued, sending, sent, delivered, failed, unknown, cancelled")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many, newest first")] = 50,
+    show_body: Annotated[bool, typer.Option("--body", help="print the text of each message")] = False,
+) -> None:
+    """List outbound messages: what was sent, or (with the development adapter) would have been."""
+    from sqlmodel import col, select
+
+    from service.contacts.messaging.models import MessageStatus, OutboxMessage
+
+    query = select(OutboxMessage).order_by(col(OutboxMessage.id).desc()).limit(limit)
+    if status:
+        if status not in MessageStatus.__members__:
+            _fail(f"unknown status {status!r}")
+        query = query.where(OutboxMessage.status == MessageStatus(status))
+    with _factory()() as session:
+        rows = session.exec(query).all()
+    if not rows:
+        typer.echo("The outbox is empty.")
+    for r in rows:
+        when = (r.sent_at or r.next_attempt_at).isoformat(timespec="minutes")
+        typer.echo(f"#{r.id:<6} {r.status.value:<9} {r.channel.value:<5} {r.purpose.value:<17} {when}  {r.to_address}"
+                   + (f"  ({r.error_reason})" if r.error_reason else ""))  # fmt: skip
+        if show_body:
+            typer.echo("        " + r.body.replace("\n", "\n        "))
+
+
 @plans_app.command("check")
 def plans_check() -> None:
     """Validate every plan template in config/plans."""
@@ -196,19 +224,23 @@ def plans_check() -> None:
 @jobs_app.command("run")
 def jobs_run(
     name: Annotated[str, typer.Argument(help="job name")],
-    at: Annotated[Optional[str], typer.Option(help="run as if at this ISO instant (testing)")] = None,
+    at: Annotated[str | None, typer.Option(help="run as if at this ISO instant (testing)")] = None,
 ) -> None:
     """Run one scheduler job now."""
     from service.clock import FixedClock, SystemClock
-    from service.schedules.jobs import JOBS, run_job
+    from service.contacts.messaging.outbox import Messaging
+    from service.jobs import JOBS, run_job
 
     if name not in JOBS:
         _fail(f"unknown job {name!r}; jobs: {', '.join(sorted(JOBS))}")
     clock = SystemClock()
     if at:
-        instant = datetime.fromisoformat(at)
+        try:
+            instant = datetime.fromisoformat(at)
+        except ValueError:
+            _fail(f"--at {at!r} is not an ISO date and time, e.g. 2026-04-20T09:00:00+09:00")
         clock = FixedClock(instant if instant.tzinfo else instant.replace(tzinfo=UTC))
-    count = run_job(name, _factory(), clock)
+    count = run_job(name, _factory(), clock, Messaging.from_settings(get_settings()))
     typer.echo(f"{name}: {count} row(s)")
 
 
@@ -217,7 +249,7 @@ def offices_create(
     name: Annotated[str, typer.Option(help="office name")],
     timezone: Annotated[str, typer.Option(help="IANA time zone")] = "Asia/Tokyo",
     default_plan: Annotated[str, typer.Option(help="default plan template")] = "standard-3m",
-    phone: Annotated[Optional[str], typer.Option(help="office phone shown to clients")] = None,
+    phone: Annotated[str | None, typer.Option(help="office phone shown to clients")] = None,
 ) -> None:
     """Create an office."""
     from service.accounts import service as accounts
@@ -225,6 +257,7 @@ def offices_create(
     from service.errors import DomainError
     from service.validation import parse_phone
 
+    name = _check_name(name)
     try:
         with session_scope(_factory()) as session:
             office = accounts.create_office(
@@ -255,6 +288,7 @@ def users_create(
     from service.db import session_scope
     from service.errors import DomainError
 
+    name = _check_name(name)
     if role not in Role.__members__:
         _fail("role must be worker, manager or admin")
     if language not in Language.__members__:
@@ -280,6 +314,113 @@ def users_create(
             typer.echo(json.dumps({"id": user.id, "email": user.email, "role": user.role.value}))
     except DomainError as exc:
         _fail(exc.message)
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200:
+        _fail("--name must be 1 to 200 characters")
+    return name
+
+
+def _report_office(session, office: str | None):
+    from sqlmodel import select
+
+    from service.accounts import service as accounts
+    from service.accounts.models import Office
+    from service.errors import NotFound
+
+    if office is not None:
+        try:
+            return accounts.find_office(session, office)
+        except NotFound as exc:
+            _fail(exc.message)
+    offices = session.exec(select(Office).limit(2)).all()
+    if len(offices) != 1:
+        _fail("there are several offices (or none): name one with --office")
+    return offices[0]
+
+
+_FORMATS = ("table", "csv", "json")
+_Format = Annotated[str, typer.Option("--format", help="table, csv or json")]
+_OfficeName = Annotated[str | None, typer.Option("--office", help="office name or id")]
+_Language = Annotated[str, typer.Option(help="labels in ja or en")]
+
+
+def _day_option(name: str, help: str):
+    return Annotated[datetime | None, typer.Option(name, formats=["%Y-%m-%d"], help=help)]
+
+
+@report_app.command("retention")
+def report_retention(
+    as_of: _day_option("--as-of", "YYYY-MM-DD; default today (office time zone)") = None,
+    by: Annotated[
+        str,
+        typer.Option(help="office, worker, employer, employment_type, category, cohort or none"),
+    ] = "none",
+    fmt: _Format = "table",
+    office: _OfficeName = None,
+    language: _Language = "ja",
+) -> None:
+    """Job and employment retention at 1, 3, 6 and 12 months (as GET /api/v1/retention)."""
+    from service.clock import SystemClock, local_today
+    from service.outcomes import report_text
+    from service.outcomes.retention import Grouping, retention
+
+    if by not in Grouping.__members__:
+        _fail(f"--by must be one of: {', '.join(Grouping.__members__)}")
+    if fmt not in _FORMATS:
+        _fail("--format must be table, csv or json")
+    with _factory()() as session:
+        office_row = _report_office(session, office)
+        day = as_of.date() if as_of else local_today(SystemClock(), office_row.timezone)
+        report = retention(session, office_id=office_row.id, as_of=day, by=Grouping(by), language=language)
+    if fmt == "json":
+        typer.echo(report.model_dump_json(indent=2))
+    elif fmt == "csv":
+        typer.echo(report_text.retention_csv(report), nl=False)
+    else:
+        typer.echo(office_row.name)
+        typer.echo(report_text.retention_table(report), nl=False)
+
+
+@report_app.command("adherence")
+def report_adherence(
+    date_from: _day_option("--from", "YYYY-MM-DD; default 29 days before --to") = None,
+    date_to: _day_option("--to", "YYYY-MM-DD; default today (office time zone)") = None,
+    fmt: _Format = "table",
+    office: _OfficeName = None,
+    language: _Language = "ja",
+) -> None:
+    """Plan adherence and each worker's load (as GET /api/v1/adherence)."""
+    from datetime import timedelta
+
+    from service.clock import SystemClock, local_today
+    from service.errors import DomainError
+    from service.outcomes import report_text
+    from service.outcomes.adherence import adherence
+
+    if fmt not in _FORMATS:
+        _fail("--format must be table, csv or json")
+    with _factory()() as session:
+        office_row = _report_office(session, office)
+        today = local_today(SystemClock(), office_row.timezone)
+        end = date_to.date() if date_to else today
+        start = date_from.date() if date_from else end - timedelta(days=29)
+        try:
+            report = adherence(
+                session, office_id=office_row.id, date_from=start, date_to=end, today=today,
+                language=language,
+            )  # fmt: skip
+        except DomainError as exc:
+            _fail(exc.message)
+    if fmt == "json":
+        typer.echo(report.model_dump_json(indent=2, by_alias=True))
+    elif fmt == "csv":
+        typer.echo(report_text.adherence_csv(report), nl=False)
+    else:
+        typer.echo(office_row.name)
+        typer.echo(report_text.adherence_table(report), nl=False)
 
 
 def _today() -> date:

@@ -51,6 +51,12 @@ def demo_logins(session: Session) -> list[tuple[str, str, str]]:
     return [(u.email, u.role.value, o.name) for u, o in rows]
 
 
+def _person(fake: Faker) -> tuple[str, str]:
+    """A name and its reading that belong together (山田 太郎 / ヤマダ タロウ)."""
+    last, first = fake.last_name_pair(), fake.first_name_pair()
+    return f"{last[0]} {first[0]}", f"{last[1]} {first[1]}"
+
+
 def _mobile(rng: random.Random) -> str:
     return f"+8190{rng.randint(1000, 9999)}{rng.randint(1000, 9999)}"
 
@@ -78,8 +84,14 @@ def load_demo(
                 accounts.create_user(session, email=f"admin@{slug}.example.jp", name=fake.name(),
                                      role=Role.admin, office_id=office.id, password=DEMO_PASSWORD)  # fmt: skip
             workers[office.id] = [
-                accounts.create_user(session, email=f"worker{n}@{slug}.example.jp", name=fake.name(),
-                                     role=Role.worker, office_id=office.id, password=DEMO_PASSWORD)  # fmt: skip
+                accounts.create_user(
+                    session,
+                    email=f"worker{n}@{slug}.example.jp",
+                    name=fake.name(),
+                    role=Role.worker,
+                    office_id=office.id,
+                    password=DEMO_PASSWORD,
+                )  # fmt: skip
                 for n in range(1, 4)
             ]
         employers = {
@@ -105,13 +117,14 @@ def load_demo(
             tz = ZoneInfo(office.timezone)
             today = now.astimezone(tz).date()
             start = today - timedelta(days=rng.randint(1, 240))
+            name, kana = _person(fake)
             client = contacts.create_client(
                 session,
                 office_id=office.id,
                 created_by=None,
                 ref=f"D{n + 1:04d}",
-                name=fake.name(),
-                kana=fake.kana_name(),
+                name=name,
+                kana=kana,
                 phone=_mobile(rng),
                 email=f"client{n + 1}@example.jp" if rng.random() < 0.6 else None,
                 address=fake.address(),

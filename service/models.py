@@ -3,13 +3,19 @@
 from sqlmodel import SQLModel
 
 from service.accounts.models import Office, StaffUser
+from service.contacts.messaging.models import InboundMessage, OutboxMessage
 from service.contacts.models import Client, Employer, FamilyContact, FollowUp, Placement, Separation
-from service.outcomes.models import Outcome
+from service.outcomes.models import CrisisAlert, CrisisFlag, CrisisSignal, Outcome
 
 metadata = SQLModel.metadata
 
 __all__ = [
+    "InboundMessage",
+    "OutboxMessage",
     "Client",
+    "CrisisAlert",
+    "CrisisFlag",
+    "CrisisSignal",
     "Employer",
     "FamilyContact",
     "FollowUp",

@@ -51,6 +51,33 @@ class Settings(BaseSettings):
     port: int = 8000
     config_dir: Path = Field(default_factory=default_config_dir)
 
+    # -- messaging (check-ins, replies, digests) --------------------------------------
+    # The address clients and Twilio reach us at; signatures and reply links are built on it.
+    public_url: str = "http://127.0.0.1:8000"
+    smtp_host: str | None = None  # unset: e-mail goes to the development adapter (not sent)
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_from: str = "teichaku@localhost"
+    smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    twilio_account_sid: str | None = None  # unset: SMS and calls go to the development adapter
+    twilio_auth_token: str | None = None
+    twilio_from: str | None = None  # a number, an alphanumeric sender or a messaging service SID
+    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_two_way_sms: bool = False  # Japan: two-way SMS is not supported, so off by default
+    twilio_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # Never more than this many messages per second from one sender (SMS number or SMTP account).
+    send_rate_per_second: float = Field(default=1.0, gt=0, le=100)
+    # Automated messages only inside this local window, unless the office or client says otherwise.
+    send_window_start: str = Field(default="09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    send_window_end: str = Field(default="20:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    reply_link_days: int = Field(default=14, ge=1, le=60)
+    late_cancel_days: int = Field(default=2, ge=1, le=14)  # after an outage, older check-ins are cancelled
+    unanswered_hours: int = Field(default=48, ge=1, le=24 * 14)
+    dispatch_interval_seconds: int = Field(default=20, ge=5)
+    dispatch_batch: int = Field(default=200, ge=1, le=10_000)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -87,9 +114,10 @@ class Settings(BaseSettings):
             not self.secret_key or self.secret_key == DEV_SECRET or len(self.secret_key) < 32
         ):
             raise ValueError(
-                "TEICHAKU_SECRET_KEY must be set to a random value of at least 32 characters "
-                "outside development"
+                "TEICHAKU_SECRET_KEY must be set to a random value of at least 32 characters outside development"
             )
+        if self.environment == "production" and not self.public_url.startswith("https://"):
+            raise ValueError("TEICHAKU_PUBLIC_URL must be an https:// address outside development")
         return self
 
     @property

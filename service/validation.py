@@ -6,6 +6,7 @@ import. Each raises ``ValueError`` with a message fit to show the person who typ
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,9 +54,21 @@ def parse_email(raw: str) -> str:
 def parse_timezone(raw: str) -> str:
     try:
         ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    # OSError: a folder of the zone database ("America") or a name too long for a file name.
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ValueError(f"unknown time zone {raw!r}") from exc
     return raw
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def no_control_chars(value: object) -> object:
+    """Refuse control characters in free text (tab and line breaks are fine). PostgreSQL
+    cannot store NUL at all, so without this such a value is a server error, not a 422."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
 
 
 def is_mobile(e164: str) -> bool:
@@ -68,4 +81,9 @@ def is_mobile(e164: str) -> bool:
 
 Phone = Annotated[str, BeforeValidator(clean_text), AfterValidator(parse_phone)]
 Email = Annotated[str, BeforeValidator(clean_text), AfterValidator(parse_email)]
+# Optional ones: an empty or blank entry means "none on record", as a form field left empty.
+OptionalPhone = Annotated[str | None, BeforeValidator(clean_text), AfterValidator(lambda v: v and parse_phone(v))]
+OptionalEmail = Annotated[str | None, BeforeValidator(clean_text), AfterValidator(lambda v: v and parse_email(v))]
 TimeZoneName = Annotated[str, AfterValidator(parse_timezone)]
+# Database ids are 32-bit on PostgreSQL; a larger number can name no record.
+MAX_ID = 2**31 - 1

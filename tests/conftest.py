@@ -162,6 +162,16 @@ def _is_postgres(item_id: str) -> bool:
     return "[postgres" in item_id or "-postgres" in item_id
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `postgres` runs only in its PostgreSQL variant (its SQLite variant is deselected)."""
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("postgres") and "[sqlite" in item.nodeid else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if not _is_postgres(report.nodeid):
         return

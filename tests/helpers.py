@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session
-
-from functools import lru_cache
 
 from service.accounts import service as accounts
 from service.accounts.models import Role, StaffUser

@@ -35,6 +35,10 @@ class Office(SQLModel, table=True):
     )
     default_plan: str = Field(default="standard-3m", max_length=64)
     phone: str | None = Field(default=None, max_length=32)
+    email: str | None = Field(default=None, max_length=320)  # shown to clients with the phone
+    # Automated messages only between these local times ("HH:MM"); None: the deployment default.
+    send_window_start: str | None = Field(default=None, max_length=5)
+    send_window_end: str | None = Field(default=None, max_length=5)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -2,13 +2,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from service.accounts import service as accounts
 from service.accounts.models import Role
 from service.accounts.schemas import OfficeCreate, OfficePublic, Token, UserCreate, UserPublic
-from service.deps import AdminUser, CurrentUser, ManagerUser, Page, PageDep, PlansDep, SessionDep, SignerDep
+from service.deps import (
+    AdminUser,
+    CurrentUser,
+    ManagerUser,
+    Page,
+    PageDep,
+    PlansDep,
+    SessionDep,
+    SignerDep,
+)
 from service.errors import NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
@@ -63,9 +72,7 @@ def create_user(body: UserCreate, session: SessionDep, _: AdminUser):
 
 @router.get("/users", response_model=Page[UserPublic])
 def list_users(session: SessionDep, page: PageDep, user: ManagerUser):
-    rows, total = accounts.list_users(
-        session, office_id=user.office_id, limit=page.limit, offset=page.offset
-    )
+    rows, total = accounts.list_users(session, office_id=user.office_id, limit=page.limit, offset=page.offset)
     return Page(items=rows, total=total, limit=page.limit, offset=page.offset)
 
 

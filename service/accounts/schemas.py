@@ -6,17 +6,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.accounts.models import Language, Role
 from service.schedules.calendar import parse_closed_day
-from service.validation import Email, Phone, TimeZoneName
+from service.validation import MAX_ID, Email, OptionalPhone, TimeZoneName, no_control_chars
 
 
 class OfficeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    check_text = field_validator("name", "default_plan")(no_control_chars)
+
     name: str = Field(min_length=1, max_length=200)
     timezone: TimeZoneName = "Asia/Tokyo"
     closed_days: list[str] | None = Field(default=None, max_length=400)
     default_plan: str = Field(default="standard-3m", max_length=64)
-    phone: Phone | None = None
+    phone: OptionalPhone = None
 
     @field_validator("closed_days")
     @classmethod
@@ -41,10 +43,12 @@ class OfficePublic(BaseModel):
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    check_text = field_validator("name", "password")(no_control_chars)
+
     email: Email
     name: str = Field(min_length=1, max_length=200)
     role: Role
-    office_id: int
+    office_id: int = Field(ge=1, le=MAX_ID)
     language: Language = Language.ja
     password: str = Field(min_length=10, max_length=200)
 

@@ -101,9 +101,7 @@ def create_user(
 
 def authenticate(session: Session, *, email: str, password: str) -> StaffUser | None:
     """The user, or None; the same work is done whether or not the account exists."""
-    user = session.exec(
-        select(StaffUser).where(func.lower(StaffUser.email) == email.strip().lower())
-    ).first()
+    user = session.exec(select(StaffUser).where(func.lower(StaffUser.email) == email.strip().lower())).first()
     if user is None or not user.is_active:
         verify_password(password, None)
         return None
@@ -118,20 +116,14 @@ def get_user_in_office(session: Session, *, user_id: int, office_id: int) -> Sta
 
 
 def find_user_by_email(session: Session, email: str) -> StaffUser:
-    user = session.exec(
-        select(StaffUser).where(func.lower(StaffUser.email) == email.strip().lower())
-    ).first()
+    user = session.exec(select(StaffUser).where(func.lower(StaffUser.email) == email.strip().lower())).first()
     if user is None:
         raise NotFound(f"user {email!r}")
     return user
 
 
-def list_users(
-    session: Session, *, office_id: int, limit: int, offset: int
-) -> tuple[list[StaffUser], int]:
+def list_users(session: Session, *, office_id: int, limit: int, offset: int) -> tuple[list[StaffUser], int]:
     where = StaffUser.office_id == office_id
     total = session.exec(select(func.count()).select_from(StaffUser).where(where)).one()
-    rows = session.exec(
-        select(StaffUser).where(where).order_by(StaffUser.id).limit(limit).offset(offset)
-    ).all()
+    rows = session.exec(select(StaffUser).where(where).order_by(StaffUser.id).limit(limit).offset(offset)).all()
     return list(rows), total

@@ -48,6 +48,10 @@ REQUIRED = {
 MAX_BYTES = 50 * 1024 * 1024
 # A separation older than this is history: no separation call is put in the queue for it.
 RECENT_SEPARATION = timedelta(days=14)
+# Dates further ahead than this are typing mistakes (and the API refuses such separations).
+AHEAD = timedelta(days=366)
+# Fields the write step may report, named as the file's columns.
+_WRITE_FIELDS = {"date": "separation_date", "ref": "client_ref", "worker_id": "worker_email"}
 
 # Japanese labels are accepted beside the codes, as offices type them in Excel.
 _ALIASES: dict[str, dict[str, str]] = {
@@ -85,21 +89,32 @@ class _Row:
     v: dict[str, Any] = field(default_factory=dict)
 
 
+_NOT_TEXT = "the file is neither UTF-8 nor Shift_JIS text (save the sheet as CSV)"
+
+
 def decode(data: bytes) -> str:
     if len(data) > MAX_BYTES:
-        raise ImportFailed([FieldError("file", f"larger than {MAX_BYTES // 2**20} MB", line=1)])
+        raise ImportFailed([FieldError("(file)", f"larger than {MAX_BYTES // 2**20} MB", line=1)])
     if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="strict")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("cp932")  # Shift_JIS as Windows and Excel write it
-    except UnicodeDecodeError:
-        raise ImportFailed(
-            [FieldError("file", "the file is neither UTF-8 nor Shift_JIS text", line=1)]
-        ) from None
+        try:
+            text = data[3:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImportFailed([FieldError("(file)", _NOT_TEXT, line=1)]) from None
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            try:
+                text = data.decode("cp932")  # Shift_JIS as Windows and Excel write it
+            except UnicodeDecodeError:
+                raise ImportFailed([FieldError("(file)", _NOT_TEXT, line=1)]) from None
+    # NUL never occurs in a CSV; it does in binary files (xlsx, images, UTF-16), and the
+    # database refuses it. Without this check such a file decodes as Shift_JIS garbage.
+    if "\x00" in text:
+        raise ImportFailed([FieldError("(file)", _NOT_TEXT, line=1)])
+    if not text.strip():
+        raise ImportFailed([FieldError("(file)", "the file is empty", line=1)])
+    return text
 
 
 def _choice(column: str, raw: str, enum_cls: type) -> str:
@@ -141,14 +156,12 @@ class _Lookups:
     def worker(self, email: str) -> StaffUser | None:
         key = email.strip().lower()
         if key not in self.workers:
-            self.workers[key] = self.session.exec(
-                select(StaffUser).where(func.lower(StaffUser.email) == key)
-            ).first()
+            self.workers[key] = self.session.exec(select(StaffUser).where(func.lower(StaffUser.email) == key)).first()
         return self.workers[key]
 
 
 def _parse_row(
-    raw: dict[str, str], line: int, look: _Lookups, plans: dict[str, PlanTemplate]
+    raw: dict[str, str], line: int, look: _Lookups, plans: dict[str, PlanTemplate], clock: Clock
 ) -> tuple[_Row, list[FieldError]]:
     row, errors = _Row(line), []
 
@@ -198,15 +211,20 @@ def _parse_row(
         bad("office", f"no office named {cell['office']!r}")
     v["office"] = office
     worker = look.worker(cell["worker_email"]) if cell["worker_email"] else None
-    if cell["worker_email"] and (
-        worker is None or not worker.is_active or (office and worker.office_id != office.id)
-    ):
+    if cell["worker_email"] and (worker is None or not worker.is_active or (office and worker.office_id != office.id)):
         bad("worker_email", f"no active staff member {cell['worker_email']!r} in that office")
     v["worker"] = worker
     plan = cell["plan"] or (office.default_plan if office else None)
     if plan and plan not in plans:
         bad("plan", f"no plan named {plan!r}; known: {', '.join(sorted(plans))}")
     v["plan"] = plan
+    if v["start_date"] and v["start_date"] < contacts.EARLIEST_START:
+        bad("start_date", f"must be on or after {contacts.EARLIEST_START}")
+    if office is not None:
+        latest = contacts.office_today(office, clock) + AHEAD
+        for col in ("start_date", "separation_date"):
+            if v[col] and v[col] > latest:
+                bad(col, "is more than a year ahead")
     if v["separation_date"] and v["start_date"] and v["separation_date"] < v["start_date"]:
         bad("separation_date", "is before start_date")
     if v["separation_date"] and not v["separation_reason"] and not cell["separation_reason"]:
@@ -230,13 +248,18 @@ def import_placements(
     """Check every row, then write them all in the caller's transaction; raises ImportFailed."""
     text = decode(data)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise ImportFailed([FieldError("(file)", f"not readable as CSV: {exc}", line=1)]) from None
     reader.fieldnames = header
     missing = [c for c in COLUMNS if c not in header]
     unknown = [c for c in header if c not in COLUMNS and c not in OPTIONAL_COLUMNS]
-    if missing or unknown:
+    twice = sorted({c for c in header if c and header.count(c) > 1})
+    if missing or unknown or twice:
         errors = [FieldError(c, "column is missing", line=1) for c in missing]
         errors += [FieldError(c or "(empty)", "unknown column", line=1) for c in unknown]
+        errors += [FieldError(c, "column appears more than once", line=1) for c in twice]
         raise ImportFailed(errors)
 
     look = _Lookups(session)
@@ -251,7 +274,7 @@ def import_placements(
                 continue
             if not any((value or "").strip() for value in raw.values()):
                 continue  # Excel leaves empty lines at the end
-            row, row_errors = _parse_row(raw, line, look, plans)
+            row, row_errors = _parse_row(raw, line, look, plans, clock)
             v = row.v
             if v["office"] and v["client_ref"]:
                 key = (v["office"].id, v["client_ref"])
@@ -267,7 +290,9 @@ def import_placements(
                     pkey = (v["office"].id, v["client_ref"], v["employer_name"], v["start_date"])
                     if pkey in placements_seen:
                         row_errors.append(
-                            FieldError("start_date", f"the same placement is on line {placements_seen[pkey]}", line=line)
+                            FieldError(
+                                "start_date", f"the same placement is on line {placements_seen[pkey]}", line=line
+                            )
                         )
                     placements_seen.setdefault(pkey, line)
             errors.extend(row_errors)
@@ -278,7 +303,9 @@ def import_placements(
         errors.append(FieldError("(file)", "no data rows", line=2))
     errors.extend(_check_existing(session, rows))
     if errors:
-        raise ImportFailed(sorted(errors, key=lambda e: (e.line or 0, COLUMNS.index(e.field) if e.field in COLUMNS else 99)))
+        raise ImportFailed(
+            sorted(errors, key=lambda e: (e.line or 0, COLUMNS.index(e.field) if e.field in COLUMNS else 99))
+        )
     return _write(session, rows, plans=plans, clock=clock, progress=progress)
 
 
@@ -297,7 +324,11 @@ def _check_existing(session: Session, rows: list[_Row]) -> list[FieldError]:
             continue
         if client.name != v["client_name"]:
             errors.append(
-                FieldError("client_name", f"client_ref {v['client_ref']!r} is already on record under another name", line=row.line)
+                FieldError(
+                    "client_name",
+                    f"client_ref {v['client_ref']!r} is already on record under another name",
+                    line=row.line,
+                )
             )
         elif v["start_date"] and session.exec(
             select(Placement.id)
@@ -325,7 +356,9 @@ def _write(
             _write_row(session, row, report, clients, employers, plans=plans, clock=clock)
         except DomainError as exc:
             errors = getattr(exc, "errors", None) or [FieldError("(row)", exc.message)]
-            raise ImportFailed([FieldError(e.field, e.message, line=row.line) for e in errors]) from exc
+            raise ImportFailed(
+                [FieldError(_WRITE_FIELDS.get(e.field, e.field), e.message, line=row.line) for e in errors]
+            ) from exc
         if progress:
             progress(n, len(rows))
     session.flush()
@@ -366,9 +399,12 @@ def _write_row(
         report.clients_created += 1
     clients[ckey] = client
     ekey = (office.id, v["employer_name"])
-    employer = employers.get(ekey) or session.exec(
-        select(Employer).where(Employer.office_id == office.id, Employer.name == v["employer_name"])
-    ).first()
+    employer = (
+        employers.get(ekey)
+        or session.exec(
+            select(Employer).where(Employer.office_id == office.id, Employer.name == v["employer_name"])
+        ).first()
+    )
     if employer is None:
         employer = contacts.create_employer(
             session,

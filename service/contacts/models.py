@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import enum
 import datetime as dt
+import enum
 from datetime import date, datetime
 
 import sqlalchemy as sa
@@ -64,6 +64,7 @@ class FollowUpKind(enum.StrEnum):
     final_review = "final_review"
     separation_call = "separation_call"
     retry = "retry"
+    crisis_call = "crisis_call"  # made by a crisis flag (service/outcomes/crisis.py)
 
 
 class FollowUpStatus(enum.StrEnum):
@@ -91,6 +92,12 @@ class Client(SQLModel, table=True):
     consent_automated: bool = False  # automated check-in messages
     consent_family: bool = False  # contacting family
     consent_employer: bool = False  # contacting the employer
+    # Shift workers may want their own window for automated messages ("HH:MM").
+    send_window_start: str | None = Field(default=None, max_length=5)
+    send_window_end: str | None = Field(default=None, max_length=5)
+    # STOP / 停止: no automated message goes out while this is set.
+    opted_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    opted_out_via: str | None = Field(default=None, max_length=32)
     created_by: int | None = Field(default=None, foreign_key="staff_user.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -131,9 +138,7 @@ class Placement(SQLModel, table=True):
     weekly_hours: float | None = None
     worker_id: int = Field(foreign_key="staff_user.id", index=True)
     plan: str = Field(max_length=64)
-    status: PlacementStatus = Field(
-        default=PlacementStatus.active, sa_type=StrEnumType(PlacementStatus)
-    )
+    status: PlacementStatus = Field(default=PlacementStatus.active, sa_type=StrEnumType(PlacementStatus))
     created_by: int | None = Field(default=None, foreign_key="staff_user.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -169,9 +174,7 @@ class FollowUp(SQLModel, table=True):
     window_days: int = 0
     window_end: date  # last day it still counts as on time: due_date + window_days
     automated: bool = False
-    status: FollowUpStatus = Field(
-        default=FollowUpStatus.pending, sa_type=StrEnumType(FollowUpStatus)
-    )
+    status: FollowUpStatus = Field(default=FollowUpStatus.pending, sa_type=StrEnumType(FollowUpStatus))
     status_reason: str | None = Field(default=None, max_length=500)
     assignee_id: int | None = Field(default=None, foreign_key="staff_user.id")
     step_index: int | None = None  # which step of the plan template made it

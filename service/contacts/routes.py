@@ -30,9 +30,7 @@ router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
 @router.post("/clients", response_model=ClientPublic, status_code=201)
 def create_client(body: ClientCreate, session: SessionDep, user: CurrentUser):
-    return contacts.create_client(
-        session, office_id=user.office_id, created_by=user.id, **body.model_dump()
-    )
+    return contacts.create_client(session, office_id=user.office_id, created_by=user.id, **body.model_dump())
 
 
 @router.get("/clients", response_model=Page[ClientPublic])
@@ -42,9 +40,7 @@ def list_clients(
     page: PageDep,
     q: Annotated[str | None, Query(max_length=100, description="name, kana or reference")] = None,
 ):
-    rows, total = contacts.list_clients(
-        session, office_id=user.office_id, limit=page.limit, offset=page.offset, q=q
-    )
+    rows, total = contacts.list_clients(session, office_id=user.office_id, limit=page.limit, offset=page.offset, q=q)
     return Page(items=rows, total=total, limit=page.limit, offset=page.offset)
 
 
@@ -54,21 +50,15 @@ def get_client(client_id: int, session: SessionDep, user: CurrentUser):
 
 
 @router.patch("/clients/{client_id}", response_model=ClientPublic)
-def update_client(
-    client_id: int, body: ClientUpdate, session: SessionDep, user: CurrentUser, clock: ClockDep
-):
+def update_client(client_id: int, body: ClientUpdate, session: SessionDep, user: CurrentUser, clock: ClockDep):
     changes = body.model_dump(exclude_unset=True)
     for required in ("name", "category", "language"):
         if required in changes and changes[required] is None:
             raise ValidationFailed.one(required, "may not be empty")
-    return contacts.update_client(
-        session, office_id=user.office_id, client_id=client_id, clock=clock, **changes
-    )
+    return contacts.update_client(session, office_id=user.office_id, client_id=client_id, clock=clock, **changes)
 
 
-@router.post(
-    "/clients/{client_id}/family-contacts", response_model=FamilyContactPublic, status_code=201
-)
+@router.post("/clients/{client_id}/family-contacts", response_model=FamilyContactPublic, status_code=201)
 def add_family_contact(
     client_id: int, body: FamilyContactCreate, session: SessionDep, user: CurrentUser, clock: ClockDep
 ):
@@ -89,9 +79,7 @@ def create_employer(body: EmployerCreate, session: SessionDep, user: CurrentUser
 
 @router.get("/employers", response_model=Page[EmployerPublic])
 def list_employers(session: SessionDep, user: CurrentUser, page: PageDep):
-    rows, total = contacts.list_employers(
-        session, office_id=user.office_id, limit=page.limit, offset=page.offset
-    )
+    rows, total = contacts.list_employers(session, office_id=user.office_id, limit=page.limit, offset=page.offset)
     return Page(items=rows, total=total, limit=page.limit, offset=page.offset)
 
 
@@ -107,9 +95,7 @@ def create_placement(body: PlacementCreate, session: SessionDep, user: CurrentUs
         if user.role != Role.worker:
             raise ValidationFailed.one("worker_id", "name the support worker for this placement")
         data["worker_id"] = user.id
-    return contacts.create_placement(
-        session, office_id=user.office_id, created_by=user.id, plans=plans, **data
-    )
+    return contacts.create_placement(session, office_id=user.office_id, created_by=user.id, plans=plans, **data)
 
 
 @router.get("/placements", response_model=Page[PlacementPublic])
@@ -157,9 +143,7 @@ def update_placement(
     )
 
 
-@router.post(
-    "/placements/{placement_id}/separation", response_model=SeparationPublic, status_code=201
-)
+@router.post("/placements/{placement_id}/separation", response_model=SeparationPublic, status_code=201)
 def record_separation(
     placement_id: int, body: SeparationCreate, session: SessionDep, user: CurrentUser, clock: ClockDep
 ):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.accounts.models import Language
 from service.contacts.models import (
@@ -15,21 +15,29 @@ from service.contacts.models import (
     PlacementStatus,
     SeparationReason,
 )
-from service.validation import Email, Phone
+from service.validation import MAX_ID, OptionalEmail, OptionalPhone, no_control_chars
 
 Name = Field(min_length=1, max_length=200)
+# Later start dates are typing mistakes, and the plan's dates would run past the calendar.
+LATEST_START = date(2100, 1, 1)
+
+
+def _id(description: str | None = None):
+    return Field(ge=1, le=MAX_ID, description=description)
 
 
 class _In(BaseModel):
     # Unknown fields are refused, so a caller cannot slip in office_id or ids.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    check_text = field_validator("*")(no_control_chars)
+
 
 class ClientBase(_In):
     name: str = Name
     kana: str | None = Field(default=None, max_length=200)
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: OptionalPhone = None
+    email: OptionalEmail = None
     address: str | None = Field(default=None, max_length=500)
     language: Language = Language.ja
     category: ClientCategory
@@ -45,8 +53,8 @@ class ClientCreate(ClientBase):
 class ClientUpdate(_In):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     kana: str | None = Field(default=None, max_length=200)
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: OptionalPhone = None
+    email: OptionalEmail = None
     address: str | None = Field(default=None, max_length=500)
     language: Language | None = None
     category: ClientCategory | None = None
@@ -77,8 +85,8 @@ class ClientPublic(BaseModel):
 class FamilyContactCreate(_In):
     name: str = Name
     relationship: str = Field(min_length=1, max_length=100)
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: OptionalPhone = None
+    email: OptionalEmail = None
 
 
 class FamilyContactPublic(BaseModel):
@@ -96,8 +104,8 @@ class EmployerCreate(_In):
     name: str = Name
     address: str | None = Field(default=None, max_length=500)
     supervisor_name: str | None = Field(default=None, max_length=200)
-    phone: Phone | None = None
-    email: Email | None = None
+    phone: OptionalPhone = None
+    email: OptionalEmail = None
 
 
 class EmployerPublic(BaseModel):
@@ -113,19 +121,19 @@ class EmployerPublic(BaseModel):
 
 
 class PlacementCreate(_In):
-    client_id: int
-    employer_id: int
+    client_id: int = _id()
+    employer_id: int = _id()
     job_title: str = Name
     employment_type: EmploymentType
-    start_date: date
+    start_date: date = Field(lt=LATEST_START)
     weekly_hours: float | None = Field(default=None, gt=0, le=80)
-    worker_id: int | None = Field(default=None, description="defaults to the caller")
+    worker_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="defaults to the caller")
     plan: str | None = Field(default=None, max_length=64, description="defaults to the office's plan")
 
 
 class PlacementUpdate(_In):
-    start_date: date | None = None
-    worker_id: int | None = None
+    start_date: date | None = Field(default=None, lt=LATEST_START)
+    worker_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     plan: str | None = Field(default=None, max_length=64)
     job_title: str | None = Field(default=None, min_length=1, max_length=200)
     weekly_hours: float | None = Field(default=None, gt=0, le=80)

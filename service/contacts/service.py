@@ -7,8 +7,9 @@ is reported as not found, exactly like one that does not exist.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -16,7 +17,6 @@ from sqlmodel import Session, col, select
 from service.accounts.models import Office, Role, StaffUser
 from service.clock import Clock, local_today
 from service.contacts.models import (
-
     Channel,
     Client,
     Employer,
@@ -46,6 +46,10 @@ def office_today(office: Office, clock: Clock) -> date:
     return local_today(clock, office.timezone)
 
 
+def office_today_at(office: Office, instant: datetime) -> date:
+    return instant.astimezone(ZoneInfo(office.timezone)).date()
+
+
 def _in_office(session: Session, model: type, record_id: int, office_id: int, what: str) -> Any:
     row = session.get(model, record_id)
     if row is None or row.office_id != office_id:
@@ -62,13 +66,9 @@ def _paged(session: Session, query, limit: int, offset: int, order) -> tuple[lis
 # ---------------------------------------------------------------- clients
 
 
-def create_client(
-    session: Session, *, office_id: int, created_by: int | None, **fields: Any
-) -> Client:
+def create_client(session: Session, *, office_id: int, created_by: int | None, **fields: Any) -> Client:
     ref = fields.get("ref")
-    if ref and session.exec(
-        select(Client).where(Client.office_id == office_id, Client.ref == ref)
-    ).first():
+    if ref and session.exec(select(Client).where(Client.office_id == office_id, Client.ref == ref)).first():
         raise ValidationFailed.one("ref", f"a client with reference {ref!r} already exists")
     client = Client(office_id=office_id, created_by=created_by, **fields)
     session.add(client)
@@ -86,15 +86,11 @@ def list_clients(
     query = select(Client).where(Client.office_id == office_id)
     if q:
         like = f"%{q}%"
-        query = query.where(
-            col(Client.name).like(like) | col(Client.kana).like(like) | col(Client.ref).like(like)
-        )
+        query = query.where(col(Client.name).like(like) | col(Client.kana).like(like) | col(Client.ref).like(like))
     return _paged(session, query, limit, offset, (Client.kana, Client.id))
 
 
-def update_client(
-    session: Session, *, office_id: int, client_id: int, clock: Clock, **changes: Any
-) -> Client:
+def update_client(session: Session, *, office_id: int, client_id: int, clock: Clock, **changes: Any) -> Client:
     client = get_client(session, office_id=office_id, client_id=client_id)
     for key, value in changes.items():
         setattr(client, key, value)
@@ -119,9 +115,7 @@ def add_family_contact(
 def list_family_contacts(session: Session, *, office_id: int, client_id: int) -> list[FamilyContact]:
     client = get_client(session, office_id=office_id, client_id=client_id)
     return list(
-        session.exec(
-            select(FamilyContact).where(FamilyContact.client_id == client.id).order_by(FamilyContact.id)
-        ).all()
+        session.exec(select(FamilyContact).where(FamilyContact.client_id == client.id).order_by(FamilyContact.id)).all()
     )
 
 
@@ -139,9 +133,7 @@ def get_employer(session: Session, *, office_id: int, employer_id: int) -> Emplo
     return _in_office(session, Employer, employer_id, office_id, "employer")
 
 
-def list_employers(
-    session: Session, *, office_id: int, limit: int, offset: int
-) -> tuple[list[Employer], int]:
+def list_employers(session: Session, *, office_id: int, limit: int, offset: int) -> tuple[list[Employer], int]:
     query = select(Employer).where(Employer.office_id == office_id)
     return _paged(session, query, limit, offset, (Employer.name, Employer.id))
 
@@ -149,9 +141,7 @@ def list_employers(
 # ---------------------------------------------------------------- consent
 
 
-def consent_block(
-    *, party: Party, channel: Channel, automated: bool, client: Client, has_family: bool
-) -> str | None:
+def consent_block(*, party: Party, channel: Channel, automated: bool, client: Client, has_family: bool) -> str | None:
     """Why this contact may not be made now, or None. The person decides (自己決定)."""
     if party == Party.family:
         if not client.consent_family:
@@ -172,15 +162,19 @@ def consent_block(
 
 
 def _has_family(session: Session, client_id: int) -> bool:
-    return (
-        session.exec(select(FamilyContact.id).where(FamilyContact.client_id == client_id)).first()
-        is not None
-    )
+    return session.exec(select(FamilyContact.id).where(FamilyContact.client_id == client_id)).first() is not None
+
+
+def _pending_or_skipped_ahead(today: date):
+    """Pending follow-ups (overdue ones too) and skipped ones not yet past: work still open."""
+    skipped_ahead = (col(FollowUp.status) == FollowUpStatus.skipped) & (col(FollowUp.due_date) >= today)
+    return (col(FollowUp.status) == FollowUpStatus.pending) | skipped_ahead
 
 
 def refresh_consent_skips(session: Session, *, client: Client, clock: Clock) -> int:
-    """Re-apply consent to the follow-ups still ahead: granted consent brings skipped steps back,
-    withdrawn consent skips pending ones. Past follow-ups keep their history. Returns changes."""
+    """Re-apply consent: granted consent brings back skipped steps still ahead, withdrawn consent
+    skips every pending one (an overdue one still in the queue too). Done, missed and past
+    skipped follow-ups keep their history. Returns changes."""
     office = session.get(Office, client.office_id)
     today = office_today(office, clock)
     has_family = _has_family(session, client.id)
@@ -191,8 +185,7 @@ def refresh_consent_skips(session: Session, *, client: Client, clock: Clock) -> 
             Placement.client_id == client.id,
             Placement.status == PlacementStatus.active,
             FollowUp.needs_consent == True,  # noqa: E712
-            col(FollowUp.status).in_([FollowUpStatus.pending, FollowUpStatus.skipped]),
-            FollowUp.due_date >= today,
+            _pending_or_skipped_ahead(today),
         )
     ).all()
     changed = 0
@@ -200,7 +193,8 @@ def refresh_consent_skips(session: Session, *, client: Client, clock: Clock) -> 
         block = consent_block(
             party=fu.party, channel=fu.channel, automated=fu.automated, client=client, has_family=has_family
         )
-        if block and fu.status == FollowUpStatus.pending:
+        if block and (fu.status == FollowUpStatus.pending or fu.status_reason != block):
+            # (a skipped one keeps an up-to-date reason: consent given, family contact missing)
             fu.status, fu.status_reason = FollowUpStatus.skipped, block
         elif not block and fu.status == FollowUpStatus.skipped:
             fu.status, fu.status_reason = FollowUpStatus.pending, None
@@ -406,9 +400,12 @@ def update_placement(
     if worker_id is not None and worker_id != placement.worker_id:
         _check_worker(session, worker_id, office_id)
         placement.worker_id = worker_id
+        today = office_today(office, clock)
         for fu in session.exec(
             select(FollowUp).where(
-                FollowUp.placement_id == placement.id, FollowUp.status == FollowUpStatus.pending
+                FollowUp.placement_id == placement.id,
+                # skipped ones still ahead come back as pending when consent is given
+                _pending_or_skipped_ahead(today),
             )
         ).all():
             fu.assignee_id, fu.updated_at = worker_id, utcnow()
@@ -421,6 +418,9 @@ def update_placement(
             raise ValidationFailed.one("start_date", "must not be after the separation date")
         placement.start_date = start_date
         _redate(session, placement, _plan(plans, placement.plan), office)
+        session.flush()
+        # a step moved from the past to ahead gets the client's current consent
+        refresh_consent_skips(session, client=session.get(Client, placement.client_id), clock=clock)
     if plan is not None and plan != placement.plan:
         template = _plan(plans, plan)
         today = office_today(office, clock)
@@ -433,9 +433,7 @@ def update_placement(
             session.add(fu)
         placement.plan = plan
         client = session.get(Client, placement.client_id)
-        materialize(
-            session, placement=placement, template=template, client=client, office=office, from_date=today
-        )
+        materialize(session, placement=placement, template=template, client=client, office=office, from_date=today)
     placement.updated_at = utcnow()
     session.add(placement)
     session.flush()
@@ -486,9 +484,7 @@ def record_separation(
     )
     session.add(sep)
     for fu in session.exec(
-        select(FollowUp).where(
-            FollowUp.placement_id == placement.id, FollowUp.status == FollowUpStatus.pending
-        )
+        select(FollowUp).where(FollowUp.placement_id == placement.id, FollowUp.status == FollowUpStatus.pending)
     ).all():
         fu.status = FollowUpStatus.cancelled
         fu.status_reason = f"separated on {separation_date.isoformat()}"
@@ -535,9 +531,7 @@ def list_follow_ups(session: Session, *, office_id: int, placement_id: int) -> l
     placement = get_placement(session, office_id=office_id, placement_id=placement_id)
     return list(
         session.exec(
-            select(FollowUp)
-            .where(FollowUp.placement_id == placement.id)
-            .order_by(FollowUp.due_date, FollowUp.id)
+            select(FollowUp).where(FollowUp.placement_id == placement.id).order_by(FollowUp.due_date, FollowUp.id)
         ).all()
     )
 
@@ -577,5 +571,3 @@ def staff_in_office(session: Session, *, office_id: int, roles: Iterable[Role]) 
             )
         ).all()
     )
-
-

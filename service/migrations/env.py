@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import pool
-
-import service.models  # noqa: F401  (registers every table)
 from sqlmodel.sql.sqltypes import AutoString
 
+import service.models  # noqa: F401  (registers every table)
 from service.db import StrEnumType, UTCDateTime, make_engine
 from service.models import metadata
 

@@ -37,9 +37,7 @@ def queue(
 
 
 @router.post("/follow-ups/{follow_up_id}/outcome", response_model=OutcomeResult, status_code=201)
-def record_outcome(
-    follow_up_id: int, body: OutcomeCreate, session: SessionDep, user: CurrentUser, clock: ClockDep
-):
+def record_outcome(follow_up_id: int, body: OutcomeCreate, session: SessionDep, user: CurrentUser, clock: ClockDep):
     r = outcomes.record_outcome(
         session,
         office_id=user.office_id,

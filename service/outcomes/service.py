@@ -13,6 +13,7 @@ from service.contacts import service as contacts
 from service.contacts.models import FollowUp, FollowUpStatus, Placement, PlacementStatus
 from service.db import utcnow
 from service.errors import Conflict
+from service.outcomes import crisis
 from service.outcomes.models import Outcome, RiskSignal, StillEmployed
 
 MAX_RETRIES = 2  # after the planned contact and 2 failed retries the client is "unreachable"
@@ -98,11 +99,10 @@ def record_outcome(
     )
     session.add(outcome)
     session.flush()
+    crisis.on_outcome(session, outcome=outcome, clock=clock)  # crisis rules: flags, crisis calls, alerts
 
     placement = session.get(Placement, fu.placement_id)
-    separation_required = (
-        still_employed == StillEmployed.no and placement.status == PlacementStatus.active
-    )
+    separation_required = still_employed == StillEmployed.no and placement.status == PlacementStatus.active
     if separation_required:
         next_step = f"record the separation: POST /api/v1/placements/{placement.id}/separation"
     return Recorded(outcome, fu, retry, separation_required, next_step)
@@ -113,9 +113,7 @@ def last_outcomes(session: Session, placement_ids: list[int]) -> dict[int, Outco
     if not placement_ids:
         return {}
     latest = (
-        select(func.max(Outcome.id))
-        .where(col(Outcome.placement_id).in_(placement_ids))
-        .group_by(Outcome.placement_id)
+        select(func.max(Outcome.id)).where(col(Outcome.placement_id).in_(placement_ids)).group_by(Outcome.placement_id)
     )
     rows = session.exec(select(Outcome).where(col(Outcome.id).in_(latest))).all()
     return {o.placement_id: o for o in rows}

@@ -33,7 +33,7 @@ def holiday_name(day: date, language: str = "ja") -> str | None:
 
 
 def parse_closed_day(spec: str) -> tuple[int | None, int, int]:
-    """"MM-DD" (every year) or "YYYY-MM-DD" (once). Raises ValueError on anything else."""
+    """ "MM-DD" (every year) or "YYYY-MM-DD" (once). Raises ValueError on anything else."""
     parts = spec.strip().split("-")
     try:
         if len(parts) == 2:

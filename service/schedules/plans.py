@@ -12,8 +12,10 @@ import tomllib
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from service.contacts.models import AUTOMATED_CHANNELS, Channel, FollowUpKind, Party
 from service.schedules.calendar import BusinessCalendar, add_months
@@ -25,6 +27,11 @@ class PlanError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def _incoherent(field: str, message: str) -> NoReturn:
+    """A rule across fields is broken; ``field`` is the one to change (named by ``_describe``)."""
+    raise PydanticCustomError("incoherent_step", "{message}", {"message": message, "field": field})
 
 
 class Step(BaseModel):
@@ -42,19 +49,29 @@ class Step(BaseModel):
     @model_validator(mode="after")
     def _coherent(self) -> Step:
         if self.automated and self.channel not in AUTOMATED_CHANNELS:
-            raise ValueError(f"channel {self.channel.value!r} cannot be automated (sms, email, voice can)")
+            _incoherent(
+                "automated",
+                f"channel {self.channel.value!r} cannot be automated (sms, email, voice can)",
+            )
         if not self.automated and self.channel in (Channel.sms, Channel.voice):
-            raise ValueError(f"channel {self.channel.value!r} is only sent automatically: set automated = true")
+            _incoherent(
+                "automated",
+                f"channel {self.channel.value!r} is only sent automatically: set automated = true",
+            )
         if self.party in (Party.family, Party.employer) and not self.needs_consent:
-            raise ValueError(
-                f"a step to the {self.party.value} needs the client's consent: set needs_consent = true"
+            _incoherent(
+                "needs_consent",
+                f"a step to the {self.party.value} needs the client's consent: set needs_consent = true",
             )
         if self.automated and self.party == Party.client and not self.needs_consent:
-            raise ValueError("automated messages need the client's consent: set needs_consent = true")
+            _incoherent(
+                "needs_consent",
+                "automated messages need the client's consent: set needs_consent = true",
+            )
         if self.kind == FollowUpKind.three_party_meeting and self.channel != Channel.meeting:
-            raise ValueError("a three-party meeting uses channel 'meeting'")
-        if self.kind in (FollowUpKind.retry, FollowUpKind.separation_call):
-            raise ValueError(f"kind {self.kind.value!r} is made by the system, not planned")
+            _incoherent("channel", "a three-party meeting uses channel 'meeting'")
+        if self.kind in (FollowUpKind.retry, FollowUpKind.separation_call, FollowUpKind.crisis_call):
+            _incoherent("kind", f"kind {self.kind.value!r} is made by the system, not planned")
         return self
 
 
@@ -95,6 +112,8 @@ def _describe(path: Path, err: dict) -> str:
     if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
         where.append(f"step {loc[1] + 1}")
         loc = loc[2:]
+    if not loc and (field := (err.get("ctx") or {}).get("field")):
+        loc = [field]
     if loc:
         where.append(f"field {'.'.join(str(p) for p in loc)!r}")
     msg = err["msg"].removeprefix("Value error, ")
@@ -103,13 +122,23 @@ def _describe(path: Path, err: dict) -> str:
 
 def load_plan(path: Path) -> PlanTemplate:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PlanError([f"{path}: not valid TOML: {exc}"]) from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError([f"{path}: cannot be read as UTF-8 text: {exc}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        # tomllib recurses on nested arrays and tables: a few hundred levels exhaust the stack.
+        raise PlanError([f"{path}: not valid TOML: {exc or 'nested too deeply'}"]) from exc
     try:
         plan = PlanTemplate.model_validate(data)
     except ValidationError as exc:
-        raise PlanError([_describe(path, e) for e in exc.errors()]) from exc
+        errors = exc.errors()
+        if any(len(e["loc"]) >= 2 and e["loc"][0] == "steps" for e in errors):
+            # pydantic also counts the invalid steps out and says "at least 1 item": noise.
+            noise = (("steps",), "too_short")
+            errors = [e for e in errors if (tuple(e["loc"]), e["type"]) != noise]
+        raise PlanError([_describe(path, e) for e in errors]) from exc
     if plan.name != path.stem:
         raise PlanError([f"{path}: field 'name': {plan.name!r} must match the file name {path.stem!r}"])
     return plan

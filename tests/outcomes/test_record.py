@@ -97,7 +97,7 @@ def test_reached_on_retry_completes_the_planned_contact(api, clock):
 
 
 def test_missed_follow_up_may_be_completed_late(api, clock, factory):
-    from service.schedules.jobs import run_job
+    from service.jobs import run_job
 
     p = api.placement(start="2026-04-20")
     fu = first_phone_call(api, p["id"])  # due 21 April, window 2 days
