@@ -26,7 +26,8 @@ from service.contacts.models import (
     SeparationReason,
 )
 from service.db import session_scope
-from service.outcomes.models import Outcome, RiskSignal, StillEmployed
+from service.outcomes import crisis
+from service.outcomes.models import CrisisFlag, CrisisStatus, Outcome, RiskSignal, StillEmployed
 from service.schedules.plans import PlanTemplate
 
 DEMO_PASSWORD = "teichaku-demo-2026"
@@ -158,7 +159,9 @@ def load_demo(
             sep_date = start + timedelta(days=leaves_after) if leaves_after is not None else None
             if sep_date is not None and sep_date >= today:
                 sep_date = None
-            _history(session, rng, placement.id, min(today, sep_date or today), today, sep_date, tz, worker.id)
+            # A few people still at work have had a hard week: their recent answers raise crisis flags.
+            trouble = today - timedelta(days=rng.randint(2, 9)) if sep_date is None and rng.random() < 0.08 else None
+            _history(session, rng, placement.id, min(today, sep_date or today), today, sep_date, tz, worker.id, trouble)
             if sep_date is not None:
                 contacts.record_separation(
                     session,
@@ -170,7 +173,12 @@ def load_demo(
                     recorded_by=worker.id,
                     clock=FixedClock(_at(sep_date + timedelta(days=1), tz)),
                 )
-                _history(session, rng, placement.id, today, today, sep_date, tz, worker.id)
+                _history(session, rng, placement.id, today, today, sep_date, tz, worker.id, None)
+                _settle_flag(
+                    session, placement.id, worker.id, _at(sep_date, tz, 15), "離職を確認。離職後の連絡を予定。"
+                )
+            elif trouble is not None and rng.random() < 0.5:
+                _settle_flag(session, placement.id, worker.id, None, None, acknowledged_at=_at(trouble, tz, 14))
             made += 1
             if made % 50 == 0:
                 echo(f"  {made}/{placements} placements")
@@ -192,8 +200,11 @@ def _history(
     separation: date | None,
     tz: ZoneInfo,
     worker_id: int,
+    trouble_from: date | None,
 ) -> None:
-    """Resolve the follow-ups due before ``end`` as a real caseload would have them."""
+    """Resolve the follow-ups due before ``end`` as a real caseload would have them. Answers near a
+    separation, or since ``trouble_from``, carry risk signals; they go through the crisis rules as
+    a worker's recorded outcome would."""
     rows = session.exec(
         select(FollowUp).where(
             FollowUp.placement_id == placement_id,
@@ -203,11 +214,15 @@ def _history(
     ).all()
     for fu in rows:
         recent = (today - fu.due_date).days <= 3
-        if recent and rng.random() < 0.6:
+        if recent and trouble_from is None and rng.random() < 0.6:
             continue  # left for the worker: shows as overdue in today's queue
-        nearing_exit = separation is not None and 0 <= (separation - fu.due_date).days < 21
-        roll = rng.random()
-        reached = roll < (0.6 if fu.automated else 0.88)
+        nearing_exit = (separation is not None and 0 <= (separation - fu.due_date).days < 21) or (
+            trouble_from is not None and fu.due_date >= trouble_from
+        )
+        if trouble_from is not None and fu.due_date >= trouble_from:
+            reached = True  # the hard week is known because the person was reached
+        else:
+            reached = rng.random() < (0.6 if fu.automated else 0.88)
         fu.status = FollowUpStatus.done if reached else FollowUpStatus.missed
         fu.status_reason = None if reached else "window passed"
         fu.completed_at = _at(fu.due_date, tz, 11) if reached else None
@@ -223,8 +238,7 @@ def _history(
             signals = rng.sample(
                 [RiskSignal.wants_to_quit, RiskSignal.conflict, RiskSignal.absence, RiskSignal.health,
                  RiskSignal.money, RiskSignal.isolation], k=rng.randint(1, 2))  # fmt: skip
-        session.add(
-            Outcome(
+        outcome = Outcome(
                 office_id=fu.office_id,
                 follow_up_id=fu.id,
                 placement_id=placement_id,
@@ -237,6 +251,39 @@ def _history(
                 wellbeing=rng.randint(1, 3) if nearing_exit else rng.randint(3, 5),
                 risk_signals=[s.value for s in signals],
                 note=rng.choice(NOTES_RISK if nearing_exit else NOTES_GOOD) if not fu.automated else None,
-            )
-        )
+            )  # fmt: skip
+        session.add(outcome)
+        if signals:
+            session.flush()
+            crisis.on_outcome(session, outcome=outcome, clock=FixedClock(outcome.recorded_at))
     session.flush()
+
+
+def _settle_flag(
+    session: Session,
+    placement_id: int,
+    worker_id: int,
+    resolved_at: datetime | None,
+    note: str | None,
+    *,
+    acknowledged_at: datetime | None = None,
+) -> None:
+    """The demo's worker takes on (and, when the person has left, closes) the placement's open flag."""
+    flag = session.exec(
+        select(CrisisFlag).where(CrisisFlag.placement_id == placement_id, CrisisFlag.status != CrisisStatus.resolved)
+    ).first()
+    if flag is None:
+        return
+    if resolved_at is not None and note is not None:
+        when = max(resolved_at, flag.opened_at)
+        crisis.resolve_flag(
+            session, office_id=flag.office_id, flag_id=flag.id, user_id=worker_id, note=note, clock=FixedClock(when)
+        )
+    elif acknowledged_at is not None:
+        crisis.acknowledge_flag(
+            session,
+            office_id=flag.office_id,
+            flag_id=flag.id,
+            user_id=worker_id,
+            clock=FixedClock(max(acknowledged_at, flag.opened_at)),
+        )

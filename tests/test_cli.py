@@ -20,6 +20,7 @@ from service.cli import app
 from service.contacts.models import Placement, Separation
 from service.db import make_engine, make_session_factory
 from service.migrate import pending_migrations
+from service.outcomes.models import CrisisFlag, CrisisStatus
 from service.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +330,7 @@ def test_demo_loads_a_believable_caseload_once(teichaku, db_url):
             staff = s.exec(select(StaffUser)).all()
             placements = s.exec(select(Placement)).all()
             separations = {x.placement_id: x.date for x in s.exec(select(Separation))}
+            flags = s.exec(select(CrisisFlag)).all()
     finally:
         engine.dispose()
     assert len(offices) == 2
@@ -349,6 +351,9 @@ def test_demo_loads_a_believable_caseload_once(teichaku, db_url):
     ]  # fmt: skip
     rate = len(stayed) / len(eligible)
     assert 0.45 <= rate <= 0.70, rate
+    # The crisis rules ran on the demo's answers: a manager sees flags still open and flags closed.
+    assert {f.status for f in flags} >= {CrisisStatus.open, CrisisStatus.resolved}
+    assert all(f.placement_id in separations for f in flags if f.status == CrisisStatus.resolved)
 
     again = teichaku("demo", "--if-empty", db=db_url)
     assert again.exit_code == 0, again.output
