@@ -1,0 +1,111 @@
+"""Reading the trail (there is deliberately no way to change it)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from service.audit.models import ActorType, AuditEvent
+
+
+def _filtered(
+    stmt,
+    *,
+    office_id: int,
+    record_type: str | None,
+    record_id: int | None,
+    actor_type: ActorType | None,
+    actor_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+):
+    stmt = stmt.where(AuditEvent.office_id == office_id)
+    if record_type is not None:
+        stmt = stmt.where(AuditEvent.record_type == record_type)
+    if record_id is not None:
+        stmt = stmt.where(AuditEvent.record_id == record_id)
+    if actor_type is not None:
+        stmt = stmt.where(AuditEvent.actor_type == actor_type)
+    if actor_id is not None:
+        stmt = stmt.where(AuditEvent.actor_id == actor_id)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEvent.at < until)
+    return stmt
+
+
+def list_events(
+    session: Session,
+    *,
+    office_id: int,
+    limit: int,
+    offset: int,
+    record_type: str | None = None,
+    record_id: int | None = None,
+    actor_type: ActorType | None = None,
+    actor_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[AuditEvent], int]:
+    where = {
+        "office_id": office_id,
+        "record_type": record_type,
+        "record_id": record_id,
+        "actor_type": actor_type,
+        "actor_id": actor_id,
+        "since": since,
+        "until": until,
+    }
+    total = session.exec(_filtered(select(func.count()).select_from(AuditEvent), **where)).one()
+    rows = session.exec(
+        _filtered(select(AuditEvent), **where).order_by(col(AuditEvent.id).desc()).limit(limit).offset(offset)
+    ).all()
+    return list(rows), total
+
+
+CSV_COLUMNS = [
+    "id", "at", "office_id", "actor_type", "actor_id", "actor_label", "action",
+    "record_type", "record_id", "changes", "ip", "request_id",
+]  # fmt: skip
+
+
+def export_csv(session: Session, *, office_id: int, batch: int = 1000, **filters) -> Iterator[str]:
+    """The office's trail as CSV, oldest first, streamed in batches."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    yield buf.getvalue()
+    last_id = 0
+    while True:
+        stmt = _filtered(select(AuditEvent), office_id=office_id, **filters)
+        rows = session.exec(stmt.where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(batch)).all()
+        if not rows:
+            return
+        buf.seek(0)
+        buf.truncate()
+        for e in rows:
+            writer.writerow(
+                [
+                    e.id,
+                    e.at.isoformat(),
+                    e.office_id,
+                    e.actor_type.value,
+                    e.actor_id,
+                    e.actor_label,
+                    e.action,
+                    e.record_type,
+                    e.record_id,
+                    json.dumps(e.changes, ensure_ascii=False) if e.changes else "",
+                    e.ip,
+                    e.request_id,
+                ]  # fmt: skip
+            )
+        yield buf.getvalue()
+        last_id = rows[-1].id
