@@ -1,5 +1,10 @@
 # One image, two roles: `teichaku serve` (API + scheduler, default) or, with
 # TEICHAKU_SCHEDULER_ENABLED=false, API only. Settings come from TEICHAKU_* variables.
+# Several processes on PostgreSQL (compose.yaml, docs/deploy.md), chosen by command:
+#   API only:        teichaku serve --no-scheduler          (port 8000)
+#   scheduler only:  teichaku scheduler --port 8001         (/healthz, /readyz, /metrics only;
+#                    set TEICHAKU_HEALTH_PORT=8001 so the health check below asks the right port)
+#   migrations:      teichaku migrate                        (once, before the others start)
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,10 +26,10 @@ COPY config ./config
 RUN pip install . && mkdir -p /app/data && chown teichaku:teichaku /app/data
 
 USER teichaku
-EXPOSE 8000
+EXPOSE 8000 8001
 VOLUME ["/app/data"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('TEICHAKU_HEALTH_PORT', '8000'), timeout=4)" || exit 1
 
 # Refuses to start without TEICHAKU_SECRET_KEY (32+ random characters) in production.
 CMD ["sh", "-c", "teichaku migrate && exec teichaku serve"]

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test install lint demo-reset clean
+.PHONY: run test install lint demo-reset clean bench browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -29,7 +29,11 @@ $(NODE_STAMP): tests/package.json tests/package-lock.json
 	cd tests && npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
-test: $(STAMP) $(NODE_STAMP)  ## the whole suite, on SQLite and (when it answers) PostgreSQL
+# The page tests drive Debian's headless Chromium (tests/web): installed here when it is missing.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium chromium-driver)
+
+test: $(STAMP) $(NODE_STAMP) browser  ## the whole suite, on SQLite and (when it answers) PostgreSQL
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -40,3 +44,11 @@ demo-reset:  ## delete the demo database (asks first)
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts
+
+# Benchmarks (bench/README in bench/run.py): BENCH_SIZE=S (default) or M; BENCH_DB=sqlite,postgres.
+# Writes bench/results/<timestamp>.json and bench/results/summary.md. Needs PostgreSQL on 127.0.0.1
+# (or BENCH_PG_URL) for the PostgreSQL half.
+BENCH_DB ?= sqlite,postgres
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run --db $(BENCH_DB) $(BENCH_ARGS)

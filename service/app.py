@@ -14,17 +14,22 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
-from service import __version__
+from service import __version__, ops, policy
 from service.accounts.routes import router as accounts_router
+from service.audit.routes import router as audit_router
 from service.clock import Clock, SystemClock
 from service.contacts.messaging.outbox import Messaging
 from service.contacts.routes import router as contacts_router
 from service.db import make_engine, make_session_factory
 from service.errors import DomainError, ValidationFailed
 from service.jobs import JobContext
+from service.middleware import RequestContextMiddleware
 from service.outcomes import crisis
 from service.outcomes.answer_routes import router as answer_router
 from service.outcomes.crisis_routes import router as crisis_router
+from service.outcomes.export_routes import router as exports_router
+from service.outcomes.program import config_at as program_config
+from service.outcomes.program_routes import router as program_router
 from service.outcomes.report_routes import router as reports_router
 from service.outcomes.routes import router as outcomes_router
 from service.schedules.plans import load_plans
@@ -32,6 +37,7 @@ from service.schedules.scheduler import build_scheduler, catch_up
 from service.security import TokenSigner
 from service.settings import Settings, get_settings
 from service.validation import MAX_ID
+from service.web import include_web
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,9 @@ def create_app(
     engine: Engine | None = None,
     clock: Clock | None = None,
     messaging: Messaging | None = None,
+    public: bool = True,
 ) -> FastAPI:
+    """``public=False``: the scheduler role, serving only /healthz, /readyz and /metrics."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -52,11 +60,12 @@ def create_app(
         app.state.settings = settings
         app.state.engine = eng
         app.state.session_factory = make_session_factory(eng)
-        app.state.clock = clock or SystemClock()
+        app.state.clock = clock or ops.clock_from_settings(settings) or SystemClock()
         app.state.plans = load_plans(settings.plans_dir)  # refuses to start on a bad template
         # Crisis rules: refuses to start on a bad rule; every session carries them.
         app.state.crisis_rules = crisis.load_crisis_rules(settings.config_dir / "crisis_rules.toml")
         crisis.use_rules(app.state.session_factory, app.state.crisis_rules)
+        program_config(settings.config_dir / "program.toml")  # refuses to start on a bad config/program.toml
         app.state.signer = TokenSigner(settings.secret_key, settings.token_ttl_minutes * 60)
         # Channels: real adapters when configured, else the development adapter (records only).
         app.state.messaging = messaging or Messaging.from_settings(settings)
@@ -81,13 +90,22 @@ def create_app(
         description="Post-employment retention follow-up (定着支援) for employment-support offices.",
         lifespan=lifespan,
     )
-    app.include_router(accounts_router)
-    app.include_router(contacts_router)
-    app.include_router(outcomes_router)
-    app.include_router(crisis_router)
-    app.include_router(answer_router)
-    app.include_router(reports_router)
+    if public:
+        app.include_router(accounts_router)
+        app.include_router(contacts_router)
+        app.include_router(outcomes_router)
+        app.include_router(crisis_router)
+        app.include_router(program_router)
+        app.include_router(answer_router)
+        app.include_router(reports_router)
+        app.include_router(audit_router)
+        app.include_router(exports_router)
+        include_web(app)  # the pages (service/web/), /static and the sign-in redirect
     _install_error_handlers(app)
+    # Request id, audit context, security headers, request log, a 500 that logs no data (issue 6).
+    app.add_middleware(RequestContextMiddleware, hsts=settings.public_url.startswith("https://"))
+    policy.document_responses(app)  # 401/403/404 from the access policy, in the OpenAPI schema
+    ops.install(app)  # /metrics, webhook timing
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -155,7 +173,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             for name, value in request.query_params.items()
             if too_big(value)
         ]
-        return JSONResponse({"detail": detail or "a value is out of range or cannot be stored"}, status_code=422)
+        # Always a list of field errors, the documented 422 shape (issue 6: schemathesis).
+        unstorable = {"loc": ["body"], "msg": "a value is out of range or cannot be stored", "type": "value_error"}
+        detail = detail or [unstorable]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(DataError, _out_of_range)

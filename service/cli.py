@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -62,12 +61,20 @@ def serve(
     import uvicorn
 
     from service.app import create_app
+    from service.logging import configure_logging
 
     settings = get_settings()
     if not scheduler:
         settings = settings.model_copy(update={"scheduler_enabled": False})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, proxy_headers=True)
+    configure_logging()  # JSON lines with request ids; no personal data (service/logging.py)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        proxy_headers=True,
+        log_config=None,  # keep ours: uvicorn's access log would write reply-link tokens and queries
+        access_log=False,
+    )
 
 
 @app.command()
@@ -78,6 +85,65 @@ def migrate() -> None:
     url = get_settings().database_url
     upgrade(url)
     typer.echo("database is up to date")
+
+
+@app.command("scheduler")
+def scheduler_role(
+    host: Annotated[str | None, typer.Option(help="address for /healthz, /readyz and /metrics")] = None,
+    port: Annotated[int, typer.Option(help="port for /healthz, /readyz and /metrics")] = 8001,
+) -> None:
+    """Run the scheduler only: the periodic jobs, with /healthz, /readyz and /metrics (no public routes).
+
+    Run any number beside `teichaku serve --no-scheduler` on PostgreSQL (rows are claimed, so nothing is
+    done twice); on SQLite run one process in all, `teichaku serve`.
+    """
+    import uvicorn
+
+    from service.app import create_app
+    from service.logging import configure_logging
+
+    settings = get_settings().model_copy(update={"scheduler_enabled": True})
+    configure_logging()
+    uvicorn.run(create_app(settings, public=False), host=host or settings.host, port=port, log_config=None)
+
+
+@app.command()
+def backup(
+    output: Annotated[Path, typer.Option("--output", "-o", help="the backup file to write")],
+    force: Annotated[bool, typer.Option("--force", help="overwrite the file if it exists")] = False,
+) -> None:
+    """Back up the SQLite database to one file, safely while the service runs (PostgreSQL: use pg_dump)."""
+    from service import ops
+
+    try:
+        report = ops.backup(get_settings().database_url, output, overwrite=force)
+    except ops.BackupError as exc:
+        _fail(str(exc))
+    typer.echo(f"backed up {report.tables} tables, {report.rows} rows (schema {report.revision}) to {report.path}")
+
+
+@app.command()
+def restore(
+    file: Annotated[Path, typer.Argument(help="a backup made by `teichaku backup`")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Replace the SQLite database's whole content with a backup (stop the service first)."""
+    from service import ops
+
+    url = get_settings().database_url
+    try:
+        target = ops.sqlite_path(url)
+        report = ops.describe_backup(file)
+    except ops.BackupError as exc:
+        _fail(str(exc))
+    typer.echo(f"{file}: {report.tables} tables, {report.rows} rows, schema {report.revision}")
+    if not yes and not typer.confirm(f"Replace everything in {target} with this backup?", default=False):
+        _fail("Nothing was changed.")
+    try:
+        ops.restore(url, file)
+    except ops.BackupError as exc:
+        _fail(str(exc))
+    typer.echo(f"restored {target} from {file}; run `teichaku migrate` if the backup came from an older version")
 
 
 @app.command()
@@ -421,6 +487,56 @@ def report_adherence(
     else:
         typer.echo(office_row.name)
         typer.echo(report_text.adherence_table(report), nl=False)
+
+
+@app.command("export")
+def export(
+    kind: Annotated[str, typer.Argument(help="placements, follow-ups or crisis-flags")],
+    office: Annotated[str, typer.Option("--office", help="office name or id")],
+    output: Annotated[Path, typer.Option("--output", dir_okay=False, writable=True, help="the CSV file to write")],
+    as_of: _day_option("--as-of", "retention as of YYYY-MM-DD; default today (office time zone)") = None,
+    date_from: _day_option("--from", "first day, YYYY-MM-DD") = None,
+    date_to: _day_option("--to", "last day, YYYY-MM-DD") = None,
+    language: _Language = "ja",
+) -> None:
+    """Write an office's placements (with retention status), follow-ups (with outcomes) or crisis
+    flags (with signals) as CSV, UTF-8 with a BOM (as GET /api/v1/exports/<kind>.csv)."""
+    from service.clock import SystemClock, local_today
+    from service.errors import DomainError
+    from service.outcomes.exports import ExportKind, export_csv
+
+    if kind not in {k.value for k in ExportKind}:
+        _fail("the export must be one of: " + ", ".join(k.value for k in ExportKind))
+    factory = _factory()
+    with factory() as session:
+        office_row = _report_office(session, office)
+        office_id, tz = office_row.id, office_row.timezone
+    day = as_of.date() if as_of else local_today(SystemClock(), tz)
+
+    written = [0]
+
+    def progress(rows: int) -> None:
+        written[0] = rows
+        typer.echo(f"\r{rows} rows", nl=False, err=True)
+
+    tmp = output.with_name(output.name + ".part")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            for chunk in export_csv(
+                factory, ExportKind(kind), office_id=office_id, as_of=day, language=language,
+                date_from=date_from.date() if date_from else None, date_to=date_to.date() if date_to else None,
+                progress=progress,
+            ):  # fmt: skip
+                fh.write(chunk)
+    except DomainError as exc:
+        tmp.unlink(missing_ok=True)
+        _fail(exc.message)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        _fail(f"cannot write {output}: {exc.strerror}")
+    tmp.replace(output)
+    typer.echo(f"\r{written[0]} rows written", err=True)
+    typer.echo(f"Wrote {output} ({kind}, office {office_id}, as of {day.isoformat()}).")
 
 
 def _today() -> date:

@@ -11,7 +11,10 @@ from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from service import policy
 from service.accounts.models import Role, StaffUser
+from service.audit import capture as audit
+from service.audit.models import ActorType
 from service.clock import Clock
 from service.schedules.plans import PlanTemplate
 from service.security import TokenSigner
@@ -56,12 +59,27 @@ _UNAUTHORIZED = HTTPException(
 
 
 def get_current_user(
-    session: SessionDep, signer: SignerDep, token: Annotated[str, Depends(oauth2_scheme)]
+    request: Request, session: SessionDep, signer: SignerDep, token: Annotated[str, Depends(oauth2_scheme)]
 ) -> StaffUser:
-    user_id = signer.read(token)
-    user = session.get(StaffUser, user_id) if user_id is not None else None
-    if user is None or not user.is_active:
+    from service.accounts import service as accounts
+
+    user = accounts.user_for_token(session, signer.read_claims(token))
+    if user is None:
         raise _UNAUTHORIZED
+    return admit(request, session, user)
+
+
+def admit(request: Request, session: Session, user: StaffUser) -> StaffUser:
+    """After sign-in is checked (bearer token here; a page session in service/web): apply the
+    access policy for this route, attribute the session's writes to the user in the audit trail,
+    and record a view where the policy says so."""
+    rule = policy.enforce(request, user)
+    audit.bind_actor(session, audit.Actor(ActorType.user, user.id))
+    if rule.audit_view is not None:
+        record_type, param = rule.audit_view
+        raw = request.path_params.get(param)
+        record_id = int(raw) if isinstance(raw, str) and raw.isdecimal() and len(raw) <= 10 else None
+        audit.record(session, action="view", record_type=record_type, record_id=record_id, office_id=user.office_id)
     return user
 
 

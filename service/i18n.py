@@ -29,6 +29,7 @@ LABELS: dict[str, dict[str, str]] = {
     "kind.retry": {"ja": "再連絡", "en": "retry"},
     # crisis flags (service/outcomes/crisis.py)
     "kind.crisis_call": {"ja": "危機対応の電話", "en": "crisis call"},
+    "kind.missed_session_call": {"ja": "プログラム欠席後の連絡", "en": "call after a missed program session"},
     "party.system": {"ja": "システム", "en": "system"},
     "crisis_severity.watch": {"ja": "見守り", "en": "watch"},
     "crisis_severity.urgent": {"ja": "緊急", "en": "urgent"},

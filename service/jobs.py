@@ -19,10 +19,14 @@ from typing import Any
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
+from service import ops
+from service.audit.capture import Actor, acting_as
+from service.audit.models import ActorType
 from service.clock import Clock
 from service.contacts.messaging import outbox
 from service.db import session_scope
 from service.outcomes import jobs as follow_up_jobs
+from service.outcomes import program
 from service.schedules.jobs import mark_missed
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,9 @@ JOBS: dict[str, SyncJob | AsyncJob] = {
     "escalate_unanswered": lambda s, ctx: follow_up_jobs.escalate_unanswered(s, ctx.clock, ctx.messaging),
     "morning_digest": lambda s, ctx: follow_up_jobs.morning_digest(s, ctx.clock, ctx.messaging),
     "deliver_alerts": lambda s, ctx: follow_up_jobs.deliver_alerts(s, ctx.clock, ctx.messaging),
+    "plan_program_sessions": lambda s, ctx: program.plan_program_sessions(
+        s, ctx.clock, ctx.messaging, program.config_at(ctx.messaging.settings.config_dir / "program.toml")
+    ),
 }
 ASYNC = {"dispatch"}
 
@@ -54,13 +61,16 @@ async def arun_job(name: str, ctx: JobContext) -> int:
     job = JOBS[name]
     started = time.perf_counter()
     try:
-        if name in ASYNC:
-            count = await job(ctx)  # type: ignore[call-arg,misc]
-        else:
-            count = await asyncio.to_thread(_run_sync, job, ctx)
+        with acting_as(Actor(ActorType.job, label=name)):  # what the job writes is attributed to it
+            if name in ASYNC:
+                count = await job(ctx)  # type: ignore[call-arg,misc]
+            else:
+                count = await asyncio.to_thread(_run_sync, job, ctx)
     except Exception:
         log.exception("job %s failed", name)
+        ops.observe_job(name, time.perf_counter() - started, ok=False)
         raise
+    ops.observe_job(name, time.perf_counter() - started, ok=True)  # tick durations for /metrics
     log.info("job %s done: %s row(s) in %d ms", name, count, (time.perf_counter() - started) * 1000)
     return count
 
@@ -77,4 +87,5 @@ def run_job(name: str, factory: sessionmaker[Session], clock: Clock, messaging: 
         return asyncio.run(arun_job(name, ctx))
     job = JOBS[name]
     assert not inspect.iscoroutinefunction(job)
-    return _run_sync(job, ctx)  # type: ignore[arg-type]
+    with acting_as(Actor(ActorType.job, label=name)):
+        return _run_sync(job, ctx)  # type: ignore[arg-type]

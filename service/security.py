@@ -41,8 +41,21 @@ class TokenSigner:
     def _serializer(self) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(self.secret_key, salt="teichaku.access-token")
 
-    def issue(self, user_id: int) -> str:
-        return self._serializer().dumps({"uid": user_id})
+    def issue(self, user_id: int, version: int = 0) -> str:
+        # "ver" is the user's token version: raising it (sign-out, password change) ends the token.
+        return self._serializer().dumps({"uid": user_id, "ver": version})
+
+    def read_claims(self, token: str) -> tuple[int, int] | None:
+        """(user id, token version), or None for a token that is forged, malformed or expired."""
+        try:
+            data = self._serializer().loads(token, max_age=self.ttl_seconds)
+        except (SignatureExpired, BadSignature):
+            return None
+        uid = data.get("uid") if isinstance(data, dict) else None
+        ver = data.get("ver", 0) if isinstance(data, dict) else None
+        if not isinstance(uid, int) or not isinstance(ver, int) or isinstance(uid, bool):
+            return None
+        return uid, ver
 
     def read(self, token: str) -> int | None:
         """The user id, or None for a token that is forged, malformed or expired."""

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     unanswered_hours: int = Field(default=48, ge=1, le=24 * 14)
     dispatch_interval_seconds: int = Field(default=20, ge=5)
     dispatch_batch: int = Field(default=200, ge=1, le=10_000)
+    # Test only (refused unless environment=test): the service's clock, for tests that run it in
+    # subprocesses. An ISO instant ("2026-04-20T09:00:00+09:00"), or "@/path/file" holding one,
+    # re-read on every look at the clock, so a test moves time for every process at once.
+    fake_now: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -116,6 +120,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TEICHAKU_SECRET_KEY must be set to a random value of at least 32 characters outside development"
             )
+        if self.fake_now and self.environment != "test":
+            raise ValueError("TEICHAKU_FAKE_NOW is for tests only: it is refused unless TEICHAKU_ENVIRONMENT=test")
         if self.environment == "production" and not self.public_url.startswith("https://"):
             raise ValueError("TEICHAKU_PUBLIC_URL must be an https:// address outside development")
         return self

@@ -119,3 +119,19 @@ class Api:
 
     def follow_ups(self, who: str, placement_id: int) -> list[dict]:
         return self.ok(self.get(who, f"/api/v1/placements/{placement_id}/follow-ups"))
+
+
+def sign_in_page(http: TestClient, email: str, password: str = PASSWORD):
+    """Sign in through the pages (service/web/): the form's CSRF token, then the session cookie."""
+    import re
+
+    page = http.get("/sign-in")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return http.post("/sign-in", data={"csrf_token": token, "email": email, "password": password, "next": "/today"})
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token of a page's forms."""
+    import re
+
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)

@@ -53,4 +53,25 @@ class StaffUser(SQLModel, table=True):
     office_id: int = Field(foreign_key="office.id", index=True)
     password_hash: str = Field(max_length=255)
     is_active: bool = True
+    # Raised on sign-out, password change and reset: every token issued before stops working.
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Set by an admin's reset: until the user picks a new password, only that route works.
+    must_change_password: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    password_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SignInFailure(SQLModel, table=True):
+    """One failed sign-in, kept 15 minutes or so for throttling (in the database, so every
+    process sees it). The account is stored as a keyed hash, never as the e-mail typed."""
+
+    __tablename__ = "sign_in_failure"
+    __table_args__ = (
+        sa.Index("ix_sign_in_failure_account_at", "account_key", "at"),
+        sa.Index("ix_sign_in_failure_address_at", "address", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_key: str = Field(max_length=64)
+    address: str = Field(max_length=64)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

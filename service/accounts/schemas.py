@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from service.accounts.models import Language, Role
 from service.schedules.calendar import parse_closed_day
@@ -14,7 +15,8 @@ class OfficeCreate(BaseModel):
 
     check_text = field_validator("name", "default_plan")(no_control_chars)
 
-    name: str = Field(min_length=1, max_length=200)
+    # The name is trimmed (a time zone or plan with spaces around it is refused, not guessed).
+    name: Annotated[str, StringConstraints(strip_whitespace=True)] = Field(min_length=1, max_length=200)
     timezone: TimeZoneName = "Asia/Tokyo"
     closed_days: list[str] | None = Field(default=None, max_length=400)
     default_plan: str = Field(default="standard-3m", max_length=64)
@@ -70,3 +72,18 @@ class Token(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    old_password: str = Field(min_length=1, max_length=200)
+    new_password: str = Field(min_length=10, max_length=200)
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    check_text = field_validator("new_password")(no_control_chars)
+
+    new_password: str = Field(min_length=10, max_length=200, description="temporary; changed at next sign-in")

@@ -65,6 +65,16 @@ class FollowUpKind(enum.StrEnum):
     separation_call = "separation_call"
     retry = "retry"
     crisis_call = "crisis_call"  # made by a crisis flag (service/outcomes/crisis.py)
+    missed_session_call = "missed_session_call"  # an at-risk client missed a program session (program.py)
+
+
+class Sex(enum.StrEnum):
+    """Optional and sensitive: used only to offer women-only program sessions."""
+
+    female = "female"
+    male = "male"
+    other = "other"
+    unspecified = "unspecified"
 
 
 class FollowUpStatus(enum.StrEnum):
@@ -98,6 +108,8 @@ class Client(SQLModel, table=True):
     # STOP / 停止: no automated message goes out while this is set.
     opted_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     opted_out_via: str | None = Field(default=None, max_length=32)
+    # Optional and sensitive (women-only program sessions); never logged nor exported.
+    sex: Sex | None = Field(default=None, sa_type=StrEnumType(Sex))
     created_by: int | None = Field(default=None, foreign_key="staff_user.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

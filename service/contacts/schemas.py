@@ -14,6 +14,7 @@ from service.contacts.models import (
     Party,
     PlacementStatus,
     SeparationReason,
+    Sex,
 )
 from service.validation import MAX_ID, OptionalEmail, OptionalPhone, no_control_chars
 
@@ -44,6 +45,7 @@ class ClientBase(_In):
     consent_automated: bool = False
     consent_family: bool = False
     consent_employer: bool = False
+    sex: Sex | None = Field(default=None, description="optional and sensitive: only for women-only program sessions")
 
 
 class ClientCreate(ClientBase):
@@ -61,6 +63,7 @@ class ClientUpdate(_In):
     consent_automated: bool | None = None
     consent_family: bool | None = None
     consent_employer: bool | None = None
+    sex: Sex | None = None
 
 
 class ClientPublic(BaseModel):
@@ -79,7 +82,12 @@ class ClientPublic(BaseModel):
     consent_automated: bool
     consent_family: bool
     consent_employer: bool
+    sex: Sex | None = None
     created_at: datetime
+    # Set only by the client (an SMS STOP word, "stop" on a reply page); never by a create or
+    # update payload, which refuses unknown fields.
+    opted_out_at: datetime | None = Field(default=None, description="when the client stopped automated messages")
+    opted_out_via: str | None = Field(default=None, description="how: sms (a STOP word) or link (the reply page)")
 
 
 class FamilyContactCreate(_In):

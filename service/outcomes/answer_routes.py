@@ -24,7 +24,8 @@ from service.contacts.messaging.models import (
     OutboxMessage,
     Purpose,
 )
-from service.contacts.messaging.outbox import Messaging, display_phone
+from service.contacts.messaging.outbox import Messaging, display_phone, hand_to_worker, stop_automated
+from service.contacts.messaging.twilio_adapter import PERMANENT
 from service.contacts.models import Client
 from service.deps import ClockDep, SessionDep
 from service.outcomes import answers
@@ -43,7 +44,16 @@ TEXT = {
         "thanks": "お返事ありがとうございました。担当者が確認します。",
         "used": "このリンクはもう使われています。お返事はすでに届いています。",
         "expired": "このリンクは期限が切れています。お手数ですが、お電話ください。",
-        "invalid": "このリンクは使えません。お手数ですが、お電話ください。",
+        "invalid": "このリンクは使えません。お手数ですが、担当の窓口にお電話ください。",
+        "stop_offer": "このようなメッセージが不要なときは",
+        "stop_button": "自動メッセージを停止する（配信停止）",
+        "stop_question": "自動メッセージ（SMS・メール・自動音声電話）を停止しますか？",
+        "stop_detail": "停止すると、担当者からの自動のお知らせは届かなくなります。担当者からの電話や面談は続きます。",
+        "stop_yes": "はい、停止します",
+        "stop_no": "停止しないで戻る",
+        "stopped": "自動メッセージを停止しました。",
+        "already_stopped": "自動メッセージはすでに停止しています。",
+        "restart": "再開したいときは、SMSで「再開」と返信するか、窓口にお伝えください。",
         "answers": {"doing_well": "順調です", "some_worries": "少し心配なことがある", "struggling": "つらい",
                     "call_me": "電話がほしい"},
         "employer_answers": {"attending_well": "問題なく勤務している", "some_concerns": "少し気になることがある",
@@ -57,7 +67,16 @@ TEXT = {
         "thanks": "Thank you for your answer. Your support worker will see it.",
         "used": "This link has already been used. Your answer has reached us.",
         "expired": "This link has expired. Please give us a call.",
-        "invalid": "This link cannot be used. Please give us a call.",
+        "invalid": "This link cannot be used. Please call your support office.",
+        "stop_offer": "If you do not want these messages",
+        "stop_button": "Stop automated messages",
+        "stop_question": "Stop automated messages (SMS, e-mail and automated calls)?",
+        "stop_detail": "You will no longer get automated check-ins. Your support worker can still call or meet you.",
+        "stop_yes": "Yes, stop them",
+        "stop_no": "No, go back",
+        "stopped": "Automated messages are stopped.",
+        "already_stopped": "Automated messages are already stopped.",
+        "restart": "To start them again, reply START by SMS or tell your support office.",
         "answers": {"doing_well": "Doing well", "some_worries": "Some worries", "struggling": "Struggling",
                     "call_me": "Please call me"},
         "employer_answers": {"attending_well": "Attending well", "some_concerns": "Some concerns",
@@ -73,10 +92,14 @@ def get_messaging(request: Request) -> Messaging:
 MessagingDep = Annotated[Messaging, Depends(get_messaging)]
 
 
-def _page(state: str, *, lang: str, office: Office | None, purpose: Purpose | None = None,
-          message: str = "", status: int = 200) -> HTMLResponse:  # fmt: skip
+def _page(state: str, *, lang: str, office: Office | None, row: OutboxMessage | None = None,
+          token: str = "", message: str = "", status: int = 200) -> HTMLResponse:  # fmt: skip
+    """The reply page. ``row`` (the message the link belongs to) decides the answers shown and
+    whether "stop" is offered; without an office (a link we cannot read) no phone is shown."""
     t = TEXT.get(lang, TEXT["ja"])
+    purpose = row.purpose if row else None
     table = t["employer_answers"] if purpose == Purpose.employer_check_in else t["answers"]
+    phone = office.phone if office else None
     html = _templates.get_template("reply.html").render(
         lang=lang,
         t=t,
@@ -84,12 +107,19 @@ def _page(state: str, *, lang: str, office: Office | None, purpose: Purpose | No
         message=message,
         answers=list(table.items()),
         office_name=office.name if office else "",
-        office_phone=display_phone(office.phone) if office else "",
-        office_phone_e164=office.phone if office else "",
+        office_phone=display_phone(phone) if phone else "",
+        office_phone_e164=phone or "",
+        stop_url=f"/r/{token}/stop" if token and state != "stopped" and _stoppable(row) else "",
+        answer_url=f"/r/{token}" if token else "",
     )
     return HTMLResponse(
         html, status_code=status, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
     )
+
+
+def _stoppable(row: OutboxMessage | None) -> bool:
+    """A client's own automated message (not an employer's check-in) can be stopped from its page."""
+    return row is not None and row.client_id is not None and row.purpose in (Purpose.check_in, Purpose.escalation)
 
 
 def _link(session: Session, messaging: Messaging, token: str):
@@ -101,17 +131,22 @@ def _link(session: Session, messaging: Messaging, token: str):
     return row, office, problem
 
 
+def _lang(row: OutboxMessage | None) -> str:
+    return row.language if row is not None and row.language in TEXT else "ja"
+
+
 @router.get("/r/{token}", response_class=HTMLResponse)
 def reply_page(token: str, session: SessionDep, messaging: MessagingDep):
     row, office, problem = _link(session, messaging, token)
-    lang = row.language if row else "ja"
+    lang = _lang(row)
     if problem:
         return _page(
-            "done", lang=lang, office=office, message=TEXT[lang][problem], status=410 if problem == "expired" else 404
-        )
+            "done", lang=lang, office=office, row=row, token=token if row else "", message=TEXT[lang][problem],
+            status=410 if problem == "expired" else 404,
+        )  # fmt: skip
     if row.answered_at is not None:
-        return _page("done", lang=lang, office=office, message=TEXT[lang]["used"], status=410)
-    return _page("ask", lang=lang, office=office, purpose=row.purpose)
+        return _page("done", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["used"], status=410)
+    return _page("ask", lang=lang, office=office, row=row, token=token)
 
 
 @router.post("/r/{token}", response_class=HTMLResponse)
@@ -124,16 +159,17 @@ def reply_submit(
     text: Annotated[str, Form(max_length=1000)] = "",
 ):
     row, office, problem = _link(session, messaging, token)
-    lang = row.language if row else "ja"
+    lang = _lang(row)
     if problem:
         return _page(
-            "done", lang=lang, office=office, message=TEXT[lang][problem], status=410 if problem == "expired" else 404
-        )
+            "done", lang=lang, office=office, row=row, token=token if row else "", message=TEXT[lang][problem],
+            status=410 if problem == "expired" else 404,
+        )  # fmt: skip
     table = answers.EMPLOYER_ANSWERS if row.purpose == Purpose.employer_check_in else answers.ANSWERS
     if answer not in table:
-        return _page("ask", lang=lang, office=office, purpose=row.purpose, status=422)
+        return _page("ask", lang=lang, office=office, row=row, token=token, status=422)
     if not answers.use_reply_link(session, outbox_id=row.id, now=clock.now()):
-        return _page("done", lang=lang, office=office, message=TEXT[lang]["used"], status=410)
+        return _page("done", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["used"], status=410)
     answers.record_answer(
         session,
         messaging=messaging,
@@ -146,7 +182,33 @@ def reply_submit(
         source="link",
         clock=clock,
     )
-    return _page("done", lang=lang, office=office, message=TEXT[lang]["thanks"])
+    return _page("done", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["thanks"])
+
+
+@router.post("/r/{token}/stop", response_class=HTMLResponse)
+def reply_stop(
+    token: str,
+    session: SessionDep,
+    messaging: MessagingDep,
+    clock: ClockDep,
+    confirm: Annotated[str, Form(max_length=8)] = "",
+):
+    """配信停止 from the page the e-mail points to. Two steps, both POST: the first asks "are you
+    sure?" and changes nothing; the second (confirm=yes) stops automated messages exactly as the
+    SMS STOP word does. It works on a used or expired link too: stopping is always allowed."""
+    row, office, problem = _link(session, messaging, token)
+    lang = _lang(row)
+    if row is None or not _stoppable(row):
+        return _page("done", lang=lang, office=office, message=TEXT[lang]["invalid"], status=404)
+    client = session.get(Client, row.client_id)
+    if client is None or client.office_id != row.office_id:
+        return _page("done", lang=lang, office=office, message=TEXT[lang]["invalid"], status=404)
+    if client.opted_out_at is not None:
+        return _page("stopped", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["already_stopped"])
+    if confirm != "yes":
+        return _page("confirm_stop", lang=lang, office=office, row=row, token=token)
+    stop_automated(session, client, via="link", now=clock.now())
+    return _page("stopped", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["stopped"])
 
 
 # ---------------------------------------------------------------- Twilio
@@ -263,7 +325,28 @@ def status_callback(form: TwilioForm, session: SessionDep, clock: ClockDep, outb
     if new == MessageStatus.sent and row.sent_at is None:
         row.sent_at = now
     if new == MessageStatus.failed:
-        row.error_code = form.get("ErrorCode") or raw
-        row.error_reason = row.error_reason or f"the provider reports: {raw}"
+        code = form.get("ErrorCode") or ""
+        row.error_code = (code or raw)[:32]
+        row.error_reason = row.error_reason or _failure_reason(raw, code)
     session.add(row)
+    if raw in ("undelivered", "failed"):
+        # As a permanent error at send time: the worker phones instead (once; see hand_to_worker).
+        # An unanswered or busy call is not this: escalation re-tries it by the other channel.
+        hand_to_worker(session, row, now)
     return _xml(EMPTY_TWIML)
+
+
+_FAILURE_WORDS = {
+    "undelivered": "the message did not reach the phone",
+    "failed": "the message could not be sent",
+    "busy": "the line was busy",
+    "no-answer": "nobody answered the call",
+    "canceled": "the call was cancelled",
+}
+
+
+def _failure_reason(raw: str, code: str) -> str:
+    """The provider's failure in plain words for the worker (Twilio's error code when it is known)."""
+    known = PERMANENT.get(int(code)) if code.isdigit() and len(code) < 8 else None
+    words = known or _FAILURE_WORDS.get(raw, "the provider could not deliver it")
+    return f"{words} (Twilio: {raw}{f', error {code[:16]}' if code else ''})"

@@ -23,7 +23,7 @@ from service.contacts.messaging.models import (
     OutboxMessage,
     Purpose,
 )
-from service.contacts.messaging.outbox import Messaging, display_phone, enqueue
+from service.contacts.messaging.outbox import Messaging, display_phone, enqueue, resume_automated, stop_automated
 from service.contacts.messaging.replies import (
     ANSWERS,
     EMPLOYER_ANSWERS,
@@ -32,8 +32,9 @@ from service.contacts.messaging.replies import (
     combine,
     command_of,
 )
-from service.contacts.models import Client, FollowUp, FollowUpStatus, Placement
-from service.outcomes.models import Outcome
+from service.contacts.models import Client, FollowUp, FollowUpStatus, Party, Placement
+from service.outcomes import crisis
+from service.outcomes.models import CrisisSignalKind, CrisisSignalParty, Outcome
 
 WELLBEING = {"doing_well": 4, "some_worries": 3, "struggling": 2}
 
@@ -94,13 +95,67 @@ def record_answer(
         tapped = (entry[0], entry[1])
         if employer:
             signals = list(entry[2])
-    cls, reason = combine(tapped, messaging.classifier.classify(text))
+    from_text = messaging.classifier.classify(text)
+    cls, reason = combine(tapped, from_text)
+    # The crisis rules weigh an employer's tapped absence or lateness themselves (its risk
+    # signals); only what goes beyond it (the text, or "please call me") is a reply signal.
+    crisis_cls, crisis_reason = combine(tapped if not signals else (ReplyClass.none, None), from_text)
     outcome = _outcome(session, outbox, channel, answer, text, cls, reason, signals, source, clock.now())
     inbound.reply_class, inbound.matched_reason = cls.name, reason
     inbound.outcome_id = outcome.id if outcome else None
     session.add(inbound)
     session.flush()
+    if outcome is not None:
+        _cancel_waiting_escalations(session, outcome.follow_up_id, clock.now())
+        _to_crisis(session, outcome, crisis_cls, crisis_reason, inbound, clock)
     return Answered(False, outcome, cls, reason)
+
+
+# A reply classed urgent or emergency is a crisis signal of that kind (config/crisis_rules.toml).
+_REPLY_KINDS = {
+    ReplyClass.urgent: CrisisSignalKind.reply_urgent,
+    ReplyClass.emergency: CrisisSignalKind.reply_emergency,
+}
+
+
+def _to_crisis(
+    session: Session, outcome: Outcome, cls: ReplyClass, reason: str | None, inbound: InboundMessage, clock: Clock
+) -> None:
+    """The answer's outcome goes through the crisis rules as a worker's would (risk signals, the
+    employer's absence or lateness, wellbeing drops, discordance); an urgent or emergency reply is
+    also a ``reply_urgent`` / ``reply_emergency`` signal, with the matched reason as its detail."""
+    crisis.on_outcome(session, outcome=outcome, clock=clock)
+    kind = _REPLY_KINDS.get(cls)
+    if kind is not None:
+        party = CrisisSignalParty.employer if outcome.party == Party.employer else CrisisSignalParty.client
+        crisis.raise_signal(
+            session,
+            placement_id=outcome.placement_id,
+            kind=kind,
+            source_party=party,
+            source=f"reply:{inbound.id}",
+            detail=reason,
+            clock=clock,
+        )
+
+
+def _cancel_waiting_escalations(session: Session, follow_up_id: int, now: datetime) -> None:
+    """An answered check-in is not sent again by the other channel (the escalation job also
+    cancels these on its next run; doing it here closes the gap before that run)."""
+    session.exec(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.follow_up_id == follow_up_id,
+            OutboxMessage.purpose == Purpose.escalation,
+            OutboxMessage.status == MessageStatus.queued,
+        )
+        .values(
+            status=MessageStatus.cancelled,
+            error_reason="not sent: the check-in was answered or closed meanwhile",
+            updated_at=now,
+        )  # fmt: skip
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _outcome(
@@ -235,44 +290,13 @@ def _apply_command(
 ) -> None:
     office = session.get(Office, client.office_id)
     if command == Command.stop:
-        if client.opted_out_at is None:
-            client.opted_out_at, client.opted_out_via = now, "sms"
-        # Check-ins still waiting to go out are not sent; their follow-ups say why, as the planner's do.
-        waiting = select(OutboxMessage.follow_up_id).where(
-            OutboxMessage.client_id == client.id,
-            OutboxMessage.status == MessageStatus.queued,
-            col(OutboxMessage.purpose).in_([Purpose.check_in, Purpose.escalation]),
-        )
-        session.exec(
-            update(FollowUp)
-            .where(col(FollowUp.id).in_(waiting), FollowUp.status == FollowUpStatus.pending)
-            .values(
-                status=FollowUpStatus.skipped,
-                status_reason="not sent: the client stopped automated messages",
-                updated_at=now,
-            )  # fmt: skip
-            .execution_options(synchronize_session=False)
-        )
-        session.exec(
-            update(OutboxMessage)
-            .where(
-                OutboxMessage.client_id == client.id,
-                OutboxMessage.status == MessageStatus.queued,
-                col(OutboxMessage.purpose).in_([Purpose.check_in, Purpose.escalation]),
-            )
-            .values(
-                status=MessageStatus.cancelled, error_reason="the client stopped automated messages", updated_at=now
-            )  # fmt: skip
-            .execution_options(synchronize_session=False)
-        )
+        stop_automated(session, client, via="sms", now=now)
         key = "opt_out_confirm"
     elif command == Command.start:
-        client.opted_out_at, client.opted_out_via = None, None
+        resume_automated(session, client, now=now)
         key = "opt_in_confirm"
     else:
         key = "help"
-    client.updated_at = now
-    session.add(client)
     body = messaging.texts.render(
         key, client.language.value, office=office.name, phone=display_phone(office.phone), link=""
     )

@@ -250,23 +250,27 @@ def _rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def retained_at(start, end, *, months: int, as_of: date, spell: bool = False):
+    """The definition, as two SQL conditions on a (start, end-as-known-on-as_of) row: is it
+    eligible at N months (mature, and for a spell decided), and is it retained. Used by the
+    rates below and by the per-placement exports (service/outcomes/exports.py)."""
+    mark = sql_add_months(start, months)
+    eligible = mark <= as_of
+    if spell:
+        # A spell that ended by its N-month date may still be continued by a new job
+        # starting within a month of its end: undecided until that month has passed.
+        decided = sa.or_(end.is_(None), end > mark, sql_add_months(end, SPELL_GAP_MONTHS) <= as_of)
+        eligible = sa.and_(eligible, decided)
+    retained = sa.and_(eligible, sa.or_(end.is_(None), end > mark))
+    return eligible, retained
+
+
 def _retention_counts(session: Session, periods, *, as_of: date, spells: bool) -> dict[str, dict]:
     """Per key: how many started, and per N the eligible and retained counts."""
     t = periods.subquery("periods")
     columns = [t.c.key, sa.func.count().label("started")]
     for n in MONTHS:
-        mark = sql_add_months(t.c.start, n)
-        eligible = mark <= as_of
-        if spells:
-            # A spell that ended by its N-month date may still be continued by a new job
-            # starting within a month of its end: undecided until that month has passed.
-            decided = sa.or_(
-                t.c.end.is_(None),
-                t.c.end > mark,
-                sql_add_months(t.c.end, SPELL_GAP_MONTHS) <= as_of,
-            )
-            eligible = sa.and_(eligible, decided)
-        retained = sa.and_(eligible, sa.or_(t.c.end.is_(None), t.c.end > mark))
+        eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spells)
         columns += [
             sa.func.sum(sa.case((eligible, 1), else_=0)).label(f"eligible_{n}"),
             sa.func.sum(sa.case((retained, 1), else_=0)).label(f"retained_{n}"),

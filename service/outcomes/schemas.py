@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.contacts.models import Channel, FollowUpKind, Party
 from service.contacts.schemas import FollowUpPublic
 from service.outcomes.models import RiskSignal, StillEmployed
+from service.validation import no_control_chars
 
 
 class OutcomeCreate(BaseModel):
@@ -17,6 +18,8 @@ class OutcomeCreate(BaseModel):
     wellbeing: int | None = Field(default=None, ge=1, le=5, description="1 (very bad) to 5 (very good)")
     risk_signals: list[RiskSignal] = Field(default_factory=list, max_length=len(RiskSignal))
     note: str | None = Field(default=None, max_length=4000)
+
+    check_text = field_validator("note")(no_control_chars)
 
 
 class OutcomePublic(BaseModel):
@@ -58,6 +61,8 @@ class QueueClient(BaseModel):
     id: int
     name: str
     kana: str | None
+    opted_out_at: datetime | None = Field(default=None, description="when the client stopped automated messages")
+    opted_out_via: str | None = Field(default=None, description="how: sms (a STOP word) or link (the reply page)")
 
 
 class QueueItem(BaseModel):

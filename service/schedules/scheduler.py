@@ -29,6 +29,8 @@ def build_scheduler(settings: Settings, ctx: JobContext) -> AsyncIOScheduler:
         "morning_digest": IntervalTrigger(minutes=5, timezone="UTC"),
         # Emergencies go out whatever the hour: written every 20 s, sent by the next dispatch.
         "deliver_alerts": IntervalTrigger(seconds=20, timezone="UTC"),
+        # Post-employment program sessions and invitations, written plan_ahead_days ahead.
+        "plan_program_sessions": IntervalTrigger(hours=1, timezone="UTC"),
     }
     for name, trigger in every.items():
         scheduler.add_job(

@@ -17,10 +17,12 @@ import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlmodel import col, select
 
+from service.accounts.models import Office
 from service.clock import FixedClock
-from service.contacts.messaging.models import InboundMessage, MessageStatus, OutboxMessage, Purpose
+from service.contacts.messaging.models import InboundMessage, MessageChannel, MessageStatus, OutboxMessage, Purpose
 from service.contacts.messaging.replies import ReplyLinks
 from service.contacts.models import FollowUp, FollowUpStatus, Party
+from service.db import session_scope
 from service.jobs import run_job
 from service.outcomes.models import Outcome
 from tests.conftest import TEST_SECRET
@@ -452,3 +454,243 @@ def test_the_employer_check_in_goes_only_with_consent_and_records_the_employers_
         assert fu.status == FollowUpStatus.done and fu.party == Party.employer
         # It is the employer's report: nothing is recorded as the client's own answer.
         assert s.exec(select(Outcome).where(col(Outcome.placement_id) == yes["id"])).all() == [outcome]
+
+
+# ------------------------------------------------------------------ answers become crisis flags
+
+
+def _flags(api, placement_id: int) -> list[dict]:
+    listed = api.ok(api.get("a.worker", "/api/v1/crisis-flags", params={"placement_id": placement_id}))["items"]
+    return [api.ok(api.get("a.worker", f"/api/v1/crisis-flags/{f['id']}")) for f in listed]
+
+
+def test_struggling_through_the_link_opens_an_urgent_flag_with_the_reason(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+    assert _flags(api, placement["id"]) == []
+
+    assert api.http.post(f"/r/{token}", data={"answer": "struggling"}).status_code == 200
+    [flag] = _flags(api, placement["id"])
+    assert (flag["severity"], flag["status"]) == ("urgent", "open")
+    [inbound] = [i for i in _inbound(factory) if i.outbox_id == outbox_id]
+    reply = [s for s in flag["signals"] if s["kind"] == "reply_urgent"]
+    assert [(s["source_party"], s["source"], s["detail"]) for s in reply] == [
+        ("client", f"reply:{inbound.id}", "struggling")
+    ]
+    assert flag["crisis_call"]["due_date"] == "2026-04-20"
+
+
+def test_words_of_dying_in_the_free_text_open_an_emergency_flag(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+
+    r = api.http.post(f"/r/{token}", data={"answer": "some_worries", "text": "もう死にたい"})
+    assert r.status_code == 200
+    [flag] = _flags(api, placement["id"])
+    assert flag["severity"] == "emergency"
+    [s] = [s for s in flag["signals"] if s["kind"] == "reply_emergency"]
+    assert s["detail"] == "talk of dying or self-harm" and s["source_party"] == "client"
+    assert flag["alerts"]  # the worker and the managers are alerted at once
+
+
+def test_a_doing_well_answer_opens_no_flag(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    assert api.http.post(f"/r/{_token_in_mail(handler, outbox_id)}", data={"answer": "doing_well"}).status_code == 200
+    assert len(outcomes_of(factory, fu_id)) == 1
+    assert _flags(api, placement["id"]) == []
+
+
+def test_the_employer_reports_absences_while_the_client_says_all_is_well_a_discordance(
+    api, settings, factory, clock, sink
+):
+    handler, port = sink
+    p = api.placement(start="2026-02-20", client=api.client(name="食い違い", email="d@example.jp"))
+    # The client said all is well (a worker's call, reached, wellbeing 4, nothing of concern).
+    client_fu = next(
+        f for f in api.follow_ups("a.worker", p["id"]) if f["party"] == "client" and not f["automated"]
+    )  # fmt: skip
+    api.ok(
+        api.post("a.worker", f"/api/v1/follow-ups/{client_fu['id']}/outcome", {"reached": True, "wellbeing": 4}), 201
+    )
+    assert _flags(api, p["id"]) == []
+
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=p, party="employer")
+    r = api.http.post(f"/r/{_token_in_mail(handler, outbox_id)}", data={"answer": "absences"})
+    assert r.status_code == 200
+    [flag] = _flags(api, p["id"])
+    kinds = sorted(s["kind"] for s in flag["signals"])
+    assert kinds == ["discordance", "employer_absence", "employer_lateness"]
+    assert flag["severity"] == "watch"  # one report of work trouble and a discordance: watch
+    assert {s["source_party"] for s in flag["signals"]} == {"employer", "system"}
+
+
+def test_the_employer_asks_to_be_called_an_urgent_reply_from_the_employer(api, settings, factory, clock, sink):
+    handler, port = sink
+    p = api.placement(start="2026-02-20", client=api.client(name="電話希望", email="e@example.jp"))
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=p, party="employer")
+    assert api.http.post(f"/r/{_token_in_mail(handler, outbox_id)}", data={"answer": "call_me"}).status_code == 200
+    [flag] = _flags(api, p["id"])
+    assert flag["severity"] == "urgent"
+    assert [(s["kind"], s["source_party"]) for s in flag["signals"]] == [("reply_urgent", "employer")]
+
+
+def _inbound(factory) -> list[InboundMessage]:
+    with factory() as s:
+        return list(s.exec(select(InboundMessage).order_by(InboundMessage.id)).all())
+
+
+def test_an_answer_cancels_the_escalation_waiting_to_go_out(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    m = smtp_messaging(settings, port)
+    later = FixedClock(clock.now() + timedelta(hours=49))
+    # 49 hours later, at 10:00 Tokyo (inside the quiet-hours window): the SMS escalation is written.
+    assert run_job("escalate_unanswered", factory, later, m) == 1
+    esc = one_row(factory, follow_up_id=fu_id, purpose=Purpose.escalation)
+    assert esc.status == MessageStatus.queued
+    # The client answers the e-mail before the escalation is sent: it never goes out.
+    assert api.http.post(f"/r/{_token_in_mail(handler, outbox_id)}", data={"answer": "doing_well"}).status_code == 200
+    esc = one_row(factory, follow_up_id=fu_id, purpose=Purpose.escalation)
+    assert esc.status == MessageStatus.cancelled and "answered" in esc.error_reason
+
+
+# ------------------------------------------------------------------ stopping messages from the page
+
+
+def test_the_page_offers_stop_with_a_confirmation_and_records_it_as_sms_stop_does(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+    client_id = placement["client_id"]
+    # A later check-in already waiting in the outbox.
+    with session_scope(factory) as s:
+        waiting_fu = s.exec(
+            select(FollowUp).where(
+                FollowUp.placement_id == placement["id"], FollowUp.status == FollowUpStatus.pending,
+                FollowUp.automated == True, FollowUp.id != fu_id,  # noqa: E712
+            ).order_by(FollowUp.due_date)
+        ).first()  # fmt: skip
+        s.add(
+            OutboxMessage(
+                idempotency_key="test:waiting", office_id=api.world.office_a, purpose=Purpose.check_in,
+                channel=MessageChannel.email, follow_up_id=waiting_fu.id, client_id=client_id,
+                to_address="taro@example.jp", language="ja", body="x", next_attempt_at=clock.now() + timedelta(days=9),
+            )
+        )  # fmt: skip
+        waiting_id = waiting_fu.id
+
+    page = api.http.get(f"/r/{token}")
+    assert page.status_code == 200
+    assert f'action="/r/{token}/stop"' in page.text and "配信停止" in page.text
+    assert "<script" not in page.text  # works without JavaScript: plain forms
+
+    # GET never changes anything; the first POST only asks.
+    assert api.http.get(f"/r/{token}/stop").status_code in (404, 405)
+    ask = api.http.post(f"/r/{token}/stop")
+    assert ask.status_code == 200 and "停止しますか" in ask.text
+    assert 'name="confirm" value="yes"' in ask.text and f'href="/r/{token}"' in ask.text
+    assert api.ok(api.get("a.worker", f"/api/v1/clients/{client_id}"))["opted_out_at"] is None
+
+    done = api.http.post(f"/r/{token}/stop", data={"confirm": "yes"})
+    assert done.status_code == 200 and "停止しました" in done.text and "再開" in done.text
+    assert "0126-22-1001" in done.text
+    seen = api.ok(api.get("a.worker", f"/api/v1/clients/{client_id}"))
+    assert seen["opted_out_at"] is not None and seen["opted_out_via"] == "link"
+    # As the SMS STOP word does: the waiting check-in is cancelled, its follow-up skipped with why.
+    waiting = one_row(factory, idempotency_key="test:waiting")
+    assert waiting.status == MessageStatus.cancelled
+    with factory() as s:
+        fu = s.get(FollowUp, waiting_id)
+        assert fu.status == FollowUpStatus.skipped and "stopped automated messages" in fu.status_reason
+    # Once is enough: again says it is already stopped, and the recorded time does not move.
+    again = api.http.post(f"/r/{token}/stop", data={"confirm": "yes"})
+    assert again.status_code == 200 and "すでに停止" in again.text
+    assert api.ok(api.get("a.worker", f"/api/v1/clients/{client_id}"))["opted_out_at"] == seen["opted_out_at"]
+    # The answer link itself still works (stopping is not answering).
+    assert api.http.post(f"/r/{token}", data={"answer": "doing_well"}).status_code == 200
+
+
+def test_stop_works_from_a_used_link_but_not_from_a_tampered_one(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+    assert api.http.post(f"/r/{token}", data={"answer": "doing_well"}).status_code == 200
+    used = api.http.get(f"/r/{token}")
+    assert used.status_code == 410 and "0126-22-1001" in used.text and f"/r/{token}/stop" in used.text
+
+    bad = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    r = api.http.post(f"/r/{bad}/stop", data={"confirm": "yes"})
+    assert r.status_code == 404 and "このリンクは使えません" in r.text
+    assert api.ok(api.get("a.worker", f"/api/v1/clients/{placement['client_id']}"))["opted_out_at"] is None
+
+    assert api.http.post(f"/r/{token}/stop", data={"confirm": "yes"}).status_code == 200
+    assert api.ok(api.get("a.worker", f"/api/v1/clients/{placement['client_id']}"))["opted_out_via"] == "link"
+
+
+def test_the_employers_page_offers_no_stop_of_the_clients_messages(api, settings, factory, clock, sink):
+    handler, port = sink
+    p = api.placement(start="2026-02-20", client=api.client(name="事業所", email="f@example.jp"))
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=p, party="employer")
+    token = _token_in_mail(handler, outbox_id)
+    assert "/stop" not in api.http.get(f"/r/{token}").text
+    assert api.http.post(f"/r/{token}/stop", data={"confirm": "yes"}).status_code == 404
+    assert api.ok(api.get("a.worker", f"/api/v1/clients/{p['client_id']}"))["opted_out_at"] is None
+
+
+@pytest.mark.parametrize("bad", ["not-a-token", "eyJ4IjoxfQ.aaaa.bbbb", "x" * 300])
+def test_an_unknown_link_shows_a_kind_message_and_never_an_empty_phone_link(bad, api):
+    for r in (api.http.get(f"/r/{bad}"), api.http.post(f"/r/{bad}", data={"answer": "doing_well"})):
+        assert r.status_code == 404
+        assert "このリンクは使えません" in r.text and "窓口" in r.text
+        assert 'href="tel:' not in r.text  # we do not know the office: no number, and no empty link
+
+
+def test_an_office_without_a_phone_gets_no_empty_phone_link(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=placement)
+    with session_scope(factory) as s:
+        office = s.get(Office, api.world.office_a)
+        office.phone = None
+        s.add(office)
+    page = api.http.get(f"/r/{_token_in_mail(handler, outbox_id)}")
+    assert page.status_code == 200 and 'href="tel:' not in page.text
+
+
+def test_the_page_fits_a_320px_screen_and_needs_no_script(api, settings, factory, clock, sink):
+    """What the page's markup promises for small phones: the viewport meta, full-width buttons
+    sized in relative units, long words wrapped, and no script anywhere."""
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=placement)
+    token = _token_in_mail(handler, outbox_id)
+    for r in (api.http.get(f"/r/{token}"), api.http.post(f"/r/{token}/stop")):
+        assert 'name="viewport" content="width=device-width, initial-scale=1"' in r.text
+        assert "<script" not in r.text and "overflow-wrap: anywhere" in r.text
+        assert re.search(r"button \{[^}]*width: 100%", r.text)
+        assert not re.search(r"width:\s*\d{3,}px", r.text)  # no fixed width wider than a phone
+
+
+def test_an_escalation_is_not_sent_once_a_worker_has_reached_the_client(api, settings, factory, clock, sink):
+    handler, port = sink
+    placement = api.placement(start=START)
+    outbox_id, fu_id = _sent_link(api, settings, factory, clock, port, placement=placement)
+    m = smtp_messaging(settings, port)
+    later = FixedClock(clock.now() + timedelta(hours=49))
+    assert run_job("escalate_unanswered", factory, later, m) == 1
+    assert one_row(factory, follow_up_id=fu_id, purpose=Purpose.escalation).status == MessageStatus.queued
+    # The worker phones the client first and records it; the dispatcher then drops the escalation.
+    api.ok(api.post("a.worker", f"/api/v1/follow-ups/{fu_id}/outcome", {"reached": True, "wellbeing": 4}), 201)
+    assert run_job("dispatch", factory, later, m) == 0
+    esc = one_row(factory, follow_up_id=fu_id, purpose=Purpose.escalation)
+    assert esc.status == MessageStatus.cancelled and "answered or closed" in esc.error_reason
+    assert esc.sent_at is None

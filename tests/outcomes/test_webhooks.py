@@ -567,3 +567,157 @@ def test_the_signature_is_checked_on_the_public_url_not_the_one_we_see(api, http
         assert post_signed(behind, SMS, params, public=public).status_code == 200
         (outcome,) = outcomes_of(factory, ci)
         assert outcome.reply_class == "none"
+
+
+# ---------------------------------------------------------------- answers become crisis flags
+
+
+def test_an_sms_wanting_to_quit_is_an_urgent_flag_with_a_crisis_call_at_the_top_of_the_queue(api, http, factory, clock):
+    behind = api.placement(start="2026-04-06", client=api.client(name="遅れ 一郎", phone="080-1111-2222"))
+    ci = sent_check_in(api, http, factory, clock)
+    assert post_signed(http, SMS, sms(ci, "仕事を辞めたい")).status_code == 200
+    [outcome] = outcomes_of(factory, ci)
+    assert (outcome.reply_class, outcome.reply_reason) == ("urgent", "wants to quit")
+
+    (placement_id,) = {o.placement_id for o in outcomes_of(factory, ci)}
+    listed = api.ok(api.get("a.worker", "/api/v1/crisis-flags", params={"placement_id": placement_id}))["items"]
+    assert len(listed) == 1
+    flag = api.ok(api.get("a.worker", f"/api/v1/crisis-flags/{listed[0]['id']}"))
+    assert (flag["severity"], flag["status"]) == ("urgent", "open")
+    (inbound,) = rows(factory, InboundMessage, InboundMessage.provider_id == "SM" + "1" * 32)
+    assert [(s["kind"], s["source_party"], s["source"], s["detail"]) for s in flag["signals"]] == [
+        ("reply_urgent", "client", f"reply:{inbound.id}", "wants to quit")
+    ]
+    call = flag["crisis_call"]
+    assert call["due_date"] == "2026-04-20"
+
+    q = api.ok(api.get("a.worker", "/api/v1/queue"))
+    top = q["items"][0]
+    assert (top["follow_up_id"], top["group"], top["kind"]) == (call["id"], "crisis", "crisis_call")
+    assert any(i["placement_id"] == behind["id"] for i in q["items"][1:])  # the overdue work comes after
+    # The same SMS delivered again changes nothing: still one flag, one signal.
+    assert post_signed(http, SMS, sms(ci, "仕事を辞めたい")).status_code == 200
+    again = api.ok(api.get("a.worker", f"/api/v1/crisis-flags/{flag['id']}"))
+    assert len(again["signals"]) == 1
+
+
+def test_an_sms_of_self_harm_is_an_emergency_flag(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert post_signed(http, SMS, sms(ci, "もうしにたい")).status_code == 200
+    (placement_id,) = {o.placement_id for o in outcomes_of(factory, ci)}
+    [listed] = api.ok(api.get("a.worker", "/api/v1/crisis-flags", params={"placement_id": placement_id}))["items"]
+    assert listed["severity"] == "emergency"
+
+
+def test_a_keypad_call_me_is_urgent(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock, channel=Channel.voice)
+    params = {"CallSid": "CA" + "7" * 32, "Digits": "9", "To": ci.phone}
+    assert post_signed(http, f"/webhooks/twilio/voice/{ci.outbox_id}/answer", params).status_code == 200
+    (placement_id,) = {o.placement_id for o in outcomes_of(factory, ci)}
+    [listed] = api.ok(api.get("a.worker", "/api/v1/crisis-flags", params={"placement_id": placement_id}))["items"]
+    assert listed["severity"] == "urgent"
+
+
+# ---------------------------------------------------------------- undelivered: the worker phones
+
+
+@pytest.mark.parametrize("status", ["undelivered", "failed"])
+def test_an_undelivered_message_becomes_a_phone_call_in_the_workers_queue_once(status, api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert _status(http, ci, status, ErrorCode="30006").status_code == 200
+    # Twilio repeats itself, and a later callback says the same: still one phone call.
+    assert _status(http, ci, status, ErrorCode="30006").status_code == 200
+    assert _status(http, ci, "undelivered").status_code == 200
+
+    calls = rows(factory, FollowUp, FollowUp.retry_of == ci.follow_up_id)
+    assert len(calls) == 1
+    call = calls[0]
+    assert (call.channel, call.automated, call.status) == (Channel.phone, False, FollowUpStatus.pending)
+    (fu,) = rows(factory, FollowUp, FollowUp.id == ci.follow_up_id)
+    assert fu.status == FollowUpStatus.attempted
+
+    q = api.ok(api.get("a.worker", "/api/v1/queue", params={"date": call.due_date.isoformat()}))
+    [item] = [i for i in q["items"] if i["follow_up_id"] == call.id]
+    assert item["channel"] == "phone"
+    assert "not delivered" in item["reason"] and "30006" in item["reason"]
+
+
+def test_a_permanent_twilio_error_in_a_callback_is_said_in_plain_words(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert _status(http, ci, "failed", ErrorCode="21610").status_code == 200
+    row = _outbox(factory, ci)
+    assert "blocked messages from us" in row.error_reason and "21610" in row.error_reason
+    [call] = rows(factory, FollowUp, FollowUp.retry_of == ci.follow_up_id)
+    assert "blocked messages from us" in call.status_reason
+
+
+def test_an_unanswered_call_is_not_handed_over_by_the_callback(api, http, factory, clock):
+    """A ``no-answer`` or ``busy`` call is not a delivery failure: escalation tries SMS first."""
+    ci = sent_check_in(api, http, factory, clock, channel=Channel.voice)
+    params = {"CallSid": ci.provider_id, "CallStatus": "no-answer"}
+    assert post_signed(http, f"/webhooks/twilio/status?outbox_id={ci.outbox_id}", params).status_code == 200
+    assert _outbox(factory, ci).status == MessageStatus.failed
+    assert rows(factory, FollowUp, FollowUp.retry_of == ci.follow_up_id) == []
+
+
+def test_a_late_failure_after_an_answer_hands_nothing_over(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert post_signed(http, SMS, sms(ci, "1")).status_code == 200
+    assert _status(http, ci, "undelivered").status_code == 200
+    assert rows(factory, FollowUp, FollowUp.retry_of == ci.follow_up_id) == []
+
+
+# ---------------------------------------------------------------- the worker sees the opt-out
+
+
+def test_the_worker_sees_the_opt_out_and_a_payload_cannot_set_it(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    before = api.ok(api.get("a.worker", f"/api/v1/clients/{ci.client_id}"))
+    assert before["opted_out_at"] is None and before["opted_out_via"] is None
+    assert post_signed(http, SMS, sms(ci, "配信停止")).status_code == 200
+    after = api.ok(api.get("a.worker", f"/api/v1/clients/{ci.client_id}"))
+    assert after["opted_out_at"] is not None and after["opted_out_via"] == "sms"
+    listed = api.ok(api.get("a.worker", "/api/v1/clients"))["items"]
+    assert [c["opted_out_via"] for c in listed if c["id"] == ci.client_id] == ["sms"]
+
+    # Only the client stops or restarts messages: a payload that tries is refused, nothing changes.
+    for field, value in (("opted_out_at", None), ("opted_out_via", None), ("opted_out_at", "2026-01-01T00:00:00Z")):
+        r = api.patch("a.worker", f"/api/v1/clients/{ci.client_id}", {field: value})
+        assert r.status_code == 422 and field in r.text
+        r = api.post("a.worker", "/api/v1/clients", {"name": "新規", "category": "needy_person", field: value})
+        assert r.status_code == 422 and field in r.text
+    assert api.ok(api.get("a.worker", f"/api/v1/clients/{ci.client_id}"))["opted_out_at"] == after["opted_out_at"]
+
+
+def test_queue_items_carry_the_clients_opt_out(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    assert post_signed(http, SMS, sms(ci, "STOP")).status_code == 200
+    # The client's next worker task (the visit of the standard plan) shows the opt-out.
+    q = api.ok(api.get("a.worker", "/api/v1/queue", params={"date": "2026-07-31"}))
+    mine = [i for i in q["items"] if i["client"]["id"] == ci.client_id]
+    assert mine and all(i["client"]["opted_out_via"] == "sms" and i["client"]["opted_out_at"] for i in mine)
+
+
+# ---------------------------------------------------------------- inputs around it
+
+
+def test_an_outcome_note_with_control_characters_is_refused(api, http, factory, clock):
+    p = api.placement(start=START, client=api.client(name="メモ", phone="080-3333-4444"))
+    fu = next(f for f in api.follow_ups("a.worker", p["id"]) if not f["automated"] and f["status"] == "pending")
+    for bad in ("bell\x07", "nul\x00", "esc\x1b[31m"):
+        r = api.post("a.worker", f"/api/v1/follow-ups/{fu['id']}/outcome", {"reached": True, "note": bad})
+        assert r.status_code == 422 and "note" in r.text
+    ok = api.post(
+        "a.worker", f"/api/v1/follow-ups/{fu['id']}/outcome", {"reached": True, "note": "一行目\n二行目\tタブ"}
+    )
+    assert ok.status_code == 201
+
+
+def test_an_office_name_is_stripped_and_a_huge_office_id_is_not_a_server_error(api):
+    created = api.ok(api.post("a.admin", "/api/v1/offices", {"name": "  岩見沢市 自立相談  "}), 201)
+    assert created["name"] == "岩見沢市 自立相談"
+    assert api.post("a.admin", "/api/v1/offices", {"name": "   "}).status_code == 422
+    for who in ("a.worker", "a.admin"):
+        for office_id in ("99999999999999999999", str(2**31), "0", "-1"):
+            r = api.get(who, f"/api/v1/offices/{office_id}")
+            assert r.status_code in (404, 422), (who, office_id, r.status_code)

@@ -46,6 +46,7 @@ class Purpose(enum.StrEnum):
     reply = "reply"  # an answer to STOP / START / HELP
     digest = "digest"  # the worker's morning e-mail
     alert = "alert"  # an emergency flag, to staff
+    program_invitation = "program_invitation"  # a post-employment program session (outcomes/program.py)
 
 
 class OutboxMessage(SQLModel, table=True):

@@ -376,7 +376,12 @@ async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, cl
 def _unwanted(session: Session, row: OutboxMessage) -> str | None:
     """Why a claimed check-in must not go out after all: since it was written, the client
     stopped automated messages or took back consent, or its follow-up was skipped."""
-    if row.client_id is None or row.purpose not in (Purpose.check_in, Purpose.escalation, Purpose.employer_check_in):
+    if row.client_id is None or row.purpose not in (
+        Purpose.check_in,
+        Purpose.escalation,
+        Purpose.employer_check_in,
+        Purpose.program_invitation,
+    ):
         return None
     client = session.get(Client, row.client_id)
     if client is None:
@@ -391,7 +396,13 @@ def _unwanted(session: Session, row: OutboxMessage) -> str | None:
     fu = session.get(FollowUp, row.follow_up_id) if row.follow_up_id is not None else None
     if fu is not None and fu.status in (FollowUpStatus.skipped, FollowUpStatus.cancelled):
         return f"not sent: the follow-up was {fu.status.value}"
+    if row.purpose == Purpose.escalation and fu is not None and fu.status not in _STILL_UNANSWERED:
+        # Answered (by the client, or a worker reached them) since the escalation was written.
+        return "not sent: the check-in was answered or closed meanwhile"
     return None
+
+
+_STILL_UNANSWERED = (FollowUpStatus.pending, FollowUpStatus.missed)
 
 
 def _drop_unwanted(session: Session, rows: list[OutboxMessage], now: datetime) -> list[OutboxMessage]:
@@ -451,13 +462,14 @@ def _record_results(
             else:
                 assert isinstance(result, (PermanentError, TransientError))
                 row.status, row.error_code, row.error_reason = MessageStatus.failed, result.code, result.reason
-                _hand_to_worker(session, row, now)
+                hand_to_worker(session, row, now)
             session.add(row)
 
 
-def _hand_to_worker(session: Session, row: OutboxMessage, now: datetime) -> None:
+def hand_to_worker(session: Session, row: OutboxMessage, now: datetime) -> None:
     """A check-in that cannot be delivered becomes a phone call in the worker's queue,
-    with the reason in plain words."""
+    with the reason in plain words. Once: only a still-pending follow-up is handed over (this
+    turns it into ``attempted``), whether the failure came at send time or by a status callback."""
     if row.follow_up_id is None:
         return
     fu = session.get(FollowUp, row.follow_up_id)
@@ -472,6 +484,52 @@ def _hand_to_worker(session: Session, row: OutboxMessage, now: datetime) -> None
     call.automated, call.channel = False, Channel.phone
     call.status_reason = fu.status_reason
     session.add(call)
+
+
+# ---------------------------------------------------------------- opt-out (one source of truth)
+
+OPT_OUT_REASON = "the client stopped automated messages"
+_STOPPABLE = (Purpose.check_in, Purpose.escalation, Purpose.program_invitation)
+
+
+def stop_automated(session: Session, client: Client, *, via: str, now: datetime) -> bool:
+    """The client stops automated messages (an SMS STOP word, or "stop" on a reply page): recorded
+    on the client (when and by which way), and check-ins still waiting to go out are cancelled,
+    their follow-ups skipped with the reason. True when the client had not stopped them before."""
+    first = client.opted_out_at is None
+    if first:
+        client.opted_out_at, client.opted_out_via = now, via[:32]
+    waiting = select(OutboxMessage.follow_up_id).where(
+        OutboxMessage.client_id == client.id,
+        OutboxMessage.status == MessageStatus.queued,
+        col(OutboxMessage.purpose).in_(_STOPPABLE),
+    )
+    session.exec(
+        update(FollowUp)
+        .where(col(FollowUp.id).in_(waiting), FollowUp.status == FollowUpStatus.pending)
+        .values(status=FollowUpStatus.skipped, status_reason=f"not sent: {OPT_OUT_REASON}", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.exec(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.client_id == client.id,
+            OutboxMessage.status == MessageStatus.queued,
+            col(OutboxMessage.purpose).in_(_STOPPABLE),
+        )
+        .values(status=MessageStatus.cancelled, error_reason=OPT_OUT_REASON, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    client.updated_at = now
+    session.add(client)
+    return first
+
+
+def resume_automated(session: Session, client: Client, *, now: datetime) -> None:
+    """START / 再開 (or the office, on the client's word): automated messages resume."""
+    client.opted_out_at, client.opted_out_via = None, None
+    client.updated_at = now
+    session.add(client)
 
 
 def reconcile_stuck(session: Session, clock: Clock) -> int:

@@ -39,10 +39,12 @@ ANSWERS = {
     "call_me": (ReplyClass.urgent, "asks to be called"),
 }
 DIGITS = {"1": "doing_well", "2": "some_worries", "3": "struggling", "9": "call_me"}
-# The employer's answers on an employer check-in.
+# The employer's answers on an employer check-in, with the risk signals they record on the
+# outcome: from the employer, absence and lateness become the crisis rules' employer_absence and
+# employer_lateness (and a discordance when the client says all is well); "other" is a watch.
 EMPLOYER_ANSWERS = {
     "attending_well": (ReplyClass.none, "attending well", []),
-    "some_concerns": (ReplyClass.watch, "some concerns", []),
+    "some_concerns": (ReplyClass.watch, "some concerns", ["other"]),
     "absences": (ReplyClass.urgent, "absences or lateness", ["absence", "lateness"]),
     "call_me": (ReplyClass.urgent, "employer asks to be called", []),
 }
