@@ -561,6 +561,40 @@ def schedule_retry(session: Session, *, follow_up: FollowUp, office: Office, tod
     return retry
 
 
+def phone_call_next_business_day(
+    session: Session,
+    *,
+    office: Office,
+    placement: Placement,
+    clock: Clock,
+    kind: FollowUpKind,
+    reason: str,
+    retry_of: int | None = None,
+    attempt: int = 1,
+) -> FollowUp:
+    """A phone call to the client for the placement's worker, due the office's next business day:
+    the hand-over when automation could not reach the person (unanswered, undelivered, missed session)."""
+    due = office_calendar(office).add_business_days(office_today(office, clock), 1)
+    call = FollowUp(
+        office_id=placement.office_id,
+        placement_id=placement.id,
+        party=Party.client,
+        channel=Channel.phone,
+        kind=kind,
+        due_date=due,
+        window_days=1,
+        window_end=due + timedelta(days=1),
+        automated=False,
+        status_reason=reason[:500],
+        assignee_id=placement.worker_id,
+        retry_of=retry_of,
+        attempt=attempt,
+    )
+    session.add(call)
+    session.flush()
+    return call
+
+
 def staff_in_office(session: Session, *, office_id: int, roles: Iterable[Role]) -> list[StaffUser]:
     return list(
         session.exec(

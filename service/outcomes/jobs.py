@@ -55,7 +55,6 @@ from service.contacts.messaging.models import MessageChannel, MessageStatus, Out
 from service.contacts.messaging.outbox import Messaging, display_phone, enqueue, next_in_window, window_for
 from service.contacts.messaging.texts import Texts
 from service.contacts.models import (
-    Channel,
     Client,
     FollowUp,
     FollowUpKind,
@@ -278,25 +277,10 @@ def _hand_to_worker(
     fu = _lock(session, fu)
     if fu.status not in UNANSWERED or _phone_follow_up_of(session, fu.id) is not None:
         return None
-    today = contacts.office_today(office, clock)
-    due = contacts.office_calendar(office).add_business_days(today, 1)
-    call = FollowUp(
-        office_id=fu.office_id,
-        placement_id=fu.placement_id,
-        party=Party.client,
-        channel=Channel.phone,
-        kind=FollowUpKind.retry,
-        due_date=due,
-        window_days=1,
-        window_end=due + timedelta(days=1),
-        automated=False,
-        status_reason=why[:500],
-        assignee_id=placement.worker_id,
-        retry_of=fu.id,
-        attempt=fu.attempt + 1,
-    )
-    session.add(call)
-    session.flush()
+    call = contacts.phone_call_next_business_day(
+        session, office=office, placement=placement, clock=clock, kind=FollowUpKind.retry, reason=why,
+        retry_of=fu.id, attempt=fu.attempt + 1,
+    )  # fmt: skip
     _maybe_unreachable(session, clock, fu, placement)
     return call
 

@@ -460,24 +460,11 @@ def _missed_by_client_at_risk(
 ) -> None:
     office = session.get(Office, inv.office_id)
     placement = session.get(Placement, inv.placement_id)
-    today = contacts.office_today(office, clock)
-    due = contacts.office_calendar(office).add_business_days(today, 1)
     day = prog.starts_at.astimezone(ZoneInfo(office.timezone)).date().isoformat()
-    call = FollowUp(
-        office_id=inv.office_id,
-        placement_id=inv.placement_id,
-        party=Party.client,
-        channel=Channel.phone,
-        kind=FollowUpKind.missed_session_call,
-        due_date=due,
-        window_days=1,
-        window_end=due + timedelta(days=1),
-        automated=False,
-        status_reason=f"missed the program session of {day} ({reason}): please phone the client",
-        assignee_id=placement.worker_id,
-    )
-    session.add(call)
-    session.flush()
+    call = contacts.phone_call_next_business_day(
+        session, office=office, placement=placement, clock=clock, kind=FollowUpKind.missed_session_call,
+        reason=f"missed the program session of {day} ({reason}): please phone the client",
+    )  # fmt: skip
     inv.follow_up_id = call.id
     session.add(inv)
     crisis.raise_signal(
