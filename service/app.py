@@ -38,6 +38,7 @@ from service.security import TokenSigner
 from service.settings import Settings, get_settings
 from service.validation import MAX_ID
 from service.web import include_web
+from service.web.docs import include_docs
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def create_app(
         version=__version__,
         description="Post-employment retention follow-up (定着支援) for employment-support offices.",
         lifespan=lifespan,
+        docs_url=None,  # served from the vendored Swagger UI below (no CDN)
+        redoc_url=None,
     )
     if public:
         app.include_router(accounts_router)
@@ -101,6 +104,7 @@ def create_app(
         app.include_router(audit_router)
         app.include_router(exports_router)
         include_web(app)  # the pages (service/web/), /static and the sign-in redirect
+        include_docs(app)  # /docs from the vendored Swagger UI
     _install_error_handlers(app)
     # Request id, audit context, security headers, request log, a 500 that logs no data (issue 6).
     app.add_middleware(RequestContextMiddleware, hsts=settings.public_url.startswith("https://"))
