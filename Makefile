@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test install lint demo-reset clean bench browser
+.PHONY: run test install lint demo-reset clean bench browser i18n
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -52,3 +52,13 @@ BENCH_DB ?= sqlite,postgres
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run --db $(BENCH_DB) $(BENCH_ARGS)
+
+# The pages' translations (service/web/locale, Babel): extract every _() / N_() / NP_() of service/ (python
+# and templates, babel.cfg) into messages.pot, merge it into the ja and en catalogs, compile them. Then fill
+# every empty or fuzzy ja msgstr (en may stay empty: the msgid is English); tests/web/test_i18n.py checks.
+LOCALE := service/web/locale
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -k NP_:1c,2 --no-wrap --sort-by-file \
+		-o $(LOCALE)/messages.pot .
+	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) --no-wrap --ignore-pot-creation-date
+	$(BIN)/pybabel compile -d $(LOCALE) --statistics

@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlmodel import Session
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Gather, VoiceResponse
@@ -29,60 +28,11 @@ from service.contacts.messaging.twilio_adapter import PERMANENT
 from service.contacts.models import Client
 from service.deps import ClockDep, SessionDep
 from service.outcomes import answers
+from service.web import i18n
+from service.web.render import environment
 
 router = APIRouter(tags=["replies"], include_in_schema=False)
-_templates = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
-)
-
-TEXT = {
-    "ja": {
-        "title": "お返事",
-        "question": "お仕事の様子はいかがですか？",
-        "text_label": "ひとこと（書かなくてもかまいません）",
-        "phone": "話したいときは、いつでもお電話ください",
-        "thanks": "お返事ありがとうございました。担当者が確認します。",
-        "used": "このリンクはもう使われています。お返事はすでに届いています。",
-        "expired": "このリンクは期限が切れています。お手数ですが、お電話ください。",
-        "invalid": "このリンクは使えません。お手数ですが、担当の窓口にお電話ください。",
-        "stop_offer": "このようなメッセージが不要なときは",
-        "stop_button": "自動メッセージを停止する（配信停止）",
-        "stop_question": "自動メッセージ（SMS・メール・自動音声電話）を停止しますか？",
-        "stop_detail": "停止すると、担当者からの自動のお知らせは届かなくなります。担当者からの電話や面談は続きます。",
-        "stop_yes": "はい、停止します",
-        "stop_no": "停止しないで戻る",
-        "stopped": "自動メッセージを停止しました。",
-        "already_stopped": "自動メッセージはすでに停止しています。",
-        "restart": "再開したいときは、SMSで「再開」と返信するか、窓口にお伝えください。",
-        "answers": {"doing_well": "順調です", "some_worries": "少し心配なことがある", "struggling": "つらい",
-                    "call_me": "電話がほしい"},
-        "employer_answers": {"attending_well": "問題なく勤務している", "some_concerns": "少し気になることがある",
-                             "absences": "欠勤・遅刻がある", "call_me": "電話がほしい"},
-    },
-    "en": {
-        "title": "Your answer",
-        "question": "How is work going?",
-        "text_label": "A few words (optional)",
-        "phone": "If you want to talk, call us any time",
-        "thanks": "Thank you for your answer. Your support worker will see it.",
-        "used": "This link has already been used. Your answer has reached us.",
-        "expired": "This link has expired. Please give us a call.",
-        "invalid": "This link cannot be used. Please call your support office.",
-        "stop_offer": "If you do not want these messages",
-        "stop_button": "Stop automated messages",
-        "stop_question": "Stop automated messages (SMS, e-mail and automated calls)?",
-        "stop_detail": "You will no longer get automated check-ins. Your support worker can still call or meet you.",
-        "stop_yes": "Yes, stop them",
-        "stop_no": "No, go back",
-        "stopped": "Automated messages are stopped.",
-        "already_stopped": "Automated messages are already stopped.",
-        "restart": "To start them again, reply START by SMS or tell your support office.",
-        "answers": {"doing_well": "Doing well", "some_worries": "Some worries", "struggling": "Struggling",
-                    "call_me": "Please call me"},
-        "employer_answers": {"attending_well": "Attending well", "some_concerns": "Some concerns",
-                             "absences": "Absences or lateness", "call_me": "Please call me"},
-    },
-}  # fmt: skip
+TEMPLATES = Path(__file__).parent / "templates"  # reply.html: its words are in the pages' gettext catalog
 
 
 def get_messaging(request: Request) -> Messaging:
@@ -95,17 +45,16 @@ MessagingDep = Annotated[Messaging, Depends(get_messaging)]
 def _page(state: str, *, lang: str, office: Office | None, row: OutboxMessage | None = None,
           token: str = "", message: str = "", status: int = 200) -> HTMLResponse:  # fmt: skip
     """The reply page. ``row`` (the message the link belongs to) decides the answers shown and
-    whether "stop" is offered; without an office (a link we cannot read) no phone is shown."""
-    t = TEXT.get(lang, TEXT["ja"])
+    whether "stop" is offered; without an office (a link we cannot read) no phone is shown.
+    ``message`` is a code (thanks, used, expired, invalid, stopped, already_stopped): its words are
+    in the template, in the catalog of ``lang``."""
     purpose = row.purpose if row else None
-    table = t["employer_answers"] if purpose == Purpose.employer_check_in else t["answers"]
     phone = office.phone if office else None
-    html = _templates.get_template("reply.html").render(
-        lang=lang,
-        t=t,
+    template = environment(lang, TEMPLATES).get_template("reply.html")
+    html = template.render(
         state=state,
         message=message,
-        answers=list(table.items()),
+        answers=list(answers.EMPLOYER_ANSWERS if purpose == Purpose.employer_check_in else answers.ANSWERS),
         office_name=office.name if office else "",
         office_phone=display_phone(phone) if phone else "",
         office_phone_e164=phone or "",
@@ -132,7 +81,8 @@ def _link(session: Session, messaging: Messaging, token: str):
 
 
 def _lang(row: OutboxMessage | None) -> str:
-    return row.language if row is not None and row.language in TEXT else "ja"
+    """The client's (or employer contact's) language, as the message was written in; Japanese otherwise."""
+    return row.language if row is not None and row.language in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE
 
 
 @router.get("/r/{token}", response_class=HTMLResponse)
@@ -141,11 +91,11 @@ def reply_page(token: str, session: SessionDep, messaging: MessagingDep):
     lang = _lang(row)
     if problem:
         return _page(
-            "done", lang=lang, office=office, row=row, token=token if row else "", message=TEXT[lang][problem],
+            "done", lang=lang, office=office, row=row, token=token if row else "", message=problem,
             status=410 if problem == "expired" else 404,
         )  # fmt: skip
     if row.answered_at is not None:
-        return _page("done", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["used"], status=410)
+        return _page("done", lang=lang, office=office, row=row, token=token, message="used", status=410)
     return _page("ask", lang=lang, office=office, row=row, token=token)
 
 
@@ -162,14 +112,14 @@ def reply_submit(
     lang = _lang(row)
     if problem:
         return _page(
-            "done", lang=lang, office=office, row=row, token=token if row else "", message=TEXT[lang][problem],
+            "done", lang=lang, office=office, row=row, token=token if row else "", message=problem,
             status=410 if problem == "expired" else 404,
         )  # fmt: skip
     table = answers.EMPLOYER_ANSWERS if row.purpose == Purpose.employer_check_in else answers.ANSWERS
     if answer not in table:
         return _page("ask", lang=lang, office=office, row=row, token=token, status=422)
     if not answers.use_reply_link(session, outbox_id=row.id, now=clock.now()):
-        return _page("done", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["used"], status=410)
+        return _page("done", lang=lang, office=office, row=row, token=token, message="used", status=410)
     answers.record_answer(
         session,
         messaging=messaging,
@@ -182,7 +132,7 @@ def reply_submit(
         source="link",
         clock=clock,
     )
-    return _page("done", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["thanks"])
+    return _page("done", lang=lang, office=office, row=row, token=token, message="thanks")
 
 
 @router.post("/r/{token}/stop", response_class=HTMLResponse)
@@ -199,16 +149,16 @@ def reply_stop(
     row, office, problem = _link(session, messaging, token)
     lang = _lang(row)
     if row is None or not _stoppable(row):
-        return _page("done", lang=lang, office=office, message=TEXT[lang]["invalid"], status=404)
+        return _page("done", lang=lang, office=office, message="invalid", status=404)
     client = session.get(Client, row.client_id)
     if client is None or client.office_id != row.office_id:
-        return _page("done", lang=lang, office=office, message=TEXT[lang]["invalid"], status=404)
+        return _page("done", lang=lang, office=office, message="invalid", status=404)
     if client.opted_out_at is not None:
-        return _page("stopped", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["already_stopped"])
+        return _page("stopped", lang=lang, office=office, row=row, token=token, message="already_stopped")
     if confirm != "yes":
         return _page("confirm_stop", lang=lang, office=office, row=row, token=token)
     stop_automated(session, client, via="link", now=clock.now())
-    return _page("stopped", lang=lang, office=office, row=row, token=token, message=TEXT[lang]["stopped"])
+    return _page("stopped", lang=lang, office=office, row=row, token=token, message="stopped")
 
 
 # ---------------------------------------------------------------- Twilio

@@ -183,12 +183,12 @@ class Dashboard:
     offices: list[tuple[int, str]]  # what the office filter offers (admins: all; others: their own)
     workers: list[tuple[int, str]]  # what the worker filter offers
     breakdowns: dict[str, RetentionReport]  # job and employment retention per breakdown
-    selected: RetentionReport  # the breakdown the headline comes from
+    selected: RetentionReport | None  # the breakdown the headline comes from
     headline: RetentionGroup | None  # job retention of the selected group (None: no placements)
     headline_employment: RetentionGroup | None
     curve: CurveGroup | None
-    crisis: crisis_ops.FlagMeasures
-    adherence: AdherenceReport
+    crisis: crisis_ops.FlagMeasures | None  # None (and selected, adherence): not built (``build(only=...)``)
+    adherence: AdherenceReport | None
     reference_rate: float = REFERENCE_RATE
 
 
@@ -196,32 +196,62 @@ def _pick(groups, key: str):
     return next((g for g in groups if g.key == key), None)
 
 
+def _needs(table: str | None) -> set[str]:
+    """The reports one table is made from (``None``: every table, as the page shows them; a name
+    that is no table: none)."""
+    breakdowns = {f"retention-{b.value.replace('_', '-')}": f"retention-{b.value}" for b in BREAKDOWNS}
+    if table is None:
+        return {"selected", "curve", "crisis", "adherence", *breakdowns.values()}
+    if table in breakdowns:
+        return {breakdowns[table]}
+    parts = {"retention": "selected", "curve": "curve", "crisis": "crisis", "crisis-age": "crisis",
+             "crisis-times": "crisis", "adherence": "adherence", "workers": "adherence"}  # fmt: skip
+    return {parts[table]} if table in parts else set()
+
+
 def build(
-    session: Session, *, user: StaffUser, clock: Clock, params: Mapping[str, str], language: str | None = None
+    session: Session,
+    *,
+    user: StaffUser,
+    clock: Clock,
+    params: Mapping[str, str],
+    language: str | None = None,
+    only: str | None = None,
 ) -> Dashboard:
-    """Everything the dashboard shows for the filters in ``params`` (the URL's query string)."""
+    """Everything the dashboard shows for the filters in ``params`` (the URL's query string); with
+    ``only`` (a table's CSV name), just the reports that table is made from (a CSV download)."""
     f = parse_filters(session, params, user=user, clock=clock)
     office = session.get(Office, f.office_id)
     language = language or user.language.value
     today = contacts.office_today(office, clock)
+    needs = _needs(only)
 
     breakdowns = {
         by.value: retention_ops.retention(session, office_id=office.id, as_of=f.as_of, by=by, language=language)
         for by in BREAKDOWNS
+        if f"retention-{by.value}" in needs
     }
     by, key = f.selection
-    selected = breakdowns.get(by.value) or retention_ops.retention(
-        session, office_id=office.id, as_of=f.as_of, by=by, language=language
-    )
-    curves = retention_ops.retention_curve(session, office_id=office.id, as_of=f.as_of, by=by, language=language)
-    measures = crisis_ops.flag_measures(
-        session, office_id=office.id, clock=clock, opened_from=f.date_from, opened_to=f.date_to
-    )
-    adherence = adherence_ops.adherence(
-        session, office_id=office.id, date_from=f.date_from, date_to=f.date_to, today=today, language=language
-    )
-    if f.worker is not None:
-        adherence.workers = [w for w in adherence.workers if w.worker_id == f.worker]
+    selected = None
+    if "selected" in needs:
+        selected = breakdowns.get(by.value) or retention_ops.retention(
+            session, office_id=office.id, as_of=f.as_of, by=by, language=language
+        )
+    curves = None
+    if "curve" in needs:
+        curves = retention_ops.retention_curve(session, office_id=office.id, as_of=f.as_of, by=by, language=language)
+    measures = None
+    if "crisis" in needs:
+        measures = crisis_ops.flag_measures(
+            session, office_id=office.id, clock=clock, opened_from=f.date_from, opened_to=f.date_to
+        )
+    adherence = None
+    if "adherence" in needs:
+        adherence = adherence_ops.adherence(
+            session, office_id=office.id, date_from=f.date_from, date_to=f.date_to, today=today, language=language
+        )
+        if f.worker is not None:
+            adherence.workers = [w for w in adherence.workers if w.worker_id == f.worker]
 
     if user.role == Role.admin:
         offices = [tuple(r) for r in session.execute(sa.select(Office.id, Office.name).order_by(Office.id)).all()]
@@ -244,9 +274,9 @@ def build(
         workers=workers,
         breakdowns=breakdowns,
         selected=selected,
-        headline=_pick(selected.groups, key),
-        headline_employment=_pick(selected.employment, key),
-        curve=_pick(curves.groups, key),
+        headline=_pick(selected.groups, key) if selected else None,
+        headline_employment=_pick(selected.employment, key) if selected else None,
+        curve=_pick(curves.groups, key) if curves else None,
         crisis=measures,
         adherence=adherence,
     )
@@ -313,63 +343,69 @@ _BREAKDOWN_FIRST = {
 }
 
 
-def tables(d: Dashboard, _: Gettext) -> dict[str, Table]:
-    """Every table of the dashboard, in page order, keyed by its CSV name."""
+def tables(d: Dashboard, _: Gettext, only: str | None = None) -> dict[str, Table]:
+    """Every table of the dashboard, in page order, keyed by its CSV name; with ``only``, the tables
+    made from the same reports as that one (``d`` built with the same ``only``)."""
     out: dict[str, Table] = {}
     by, key = d.filters.selection
+    needs = _needs(only)
 
-    rates_rows = []
-    for n in MONTHS:
-        job = d.headline.months[str(n)] if d.headline else None
-        emp = d.headline_employment.months[str(n)] if d.headline_employment else None
-        rates_rows.append(
-            [
-                _("At %(n)d months") % {"n": n},
-                job.eligible if job else 0,
-                job.retained if job else 0,
-                job.rate if job else None,
-                emp.eligible if emp else 0,
-                emp.retained if emp else 0,
-                emp.rate if emp else None,
-                REFERENCE_RATE,
-            ]
+    if "selected" in needs:
+        rates_rows = []
+        for n in MONTHS:
+            job = d.headline.months[str(n)] if d.headline else None
+            emp = d.headline_employment.months[str(n)] if d.headline_employment else None
+            rates_rows.append(
+                [
+                    _("At %(n)d months") % {"n": n},
+                    job.eligible if job else 0,
+                    job.retained if job else 0,
+                    job.rate if job else None,
+                    emp.eligible if emp else 0,
+                    emp.retained if emp else 0,
+                    emp.rate if emp else None,
+                    REFERENCE_RATE,
+                ]
+            )
+        out["retention"] = Table(
+            name="retention",
+            title=_("Retention at 1, 3, 6 and 12 months"),
+            header=[
+                _("Months"),
+                _("Placements eligible"),
+                _("Placements retained"),
+                _("Job retention"),
+                _("Spells eligible"),
+                _("Spells retained"),
+                _("Employment retention"),
+                _("National reference"),
+            ],
+            rows=rates_rows,
+            rate_columns=frozenset({3, 6, 7}),
+            caption=_("Only placements whose N-month date has passed count (the denominator)."),
         )
-    out["retention"] = Table(
-        name="retention",
-        title=_("Retention at 1, 3, 6 and 12 months"),
-        header=[
-            _("Months"),
-            _("Placements eligible"),
-            _("Placements retained"),
-            _("Job retention"),
-            _("Spells eligible"),
-            _("Spells retained"),
-            _("Employment retention"),
-            _("National reference"),
-        ],
-        rows=rates_rows,
-        rate_columns=frozenset({3, 6, 7}),
-        caption=_("Only placements whose N-month date has passed count (the denominator)."),
-    )
 
-    points = d.curve.points if d.curve else []
-    out["curve"] = Table(
-        name="curve",
-        title=_("Retention curve (Kaplan-Meier) with 95% band"),
-        header=[
-            _("Days since start"),
-            _("At risk"),
-            _("Separations"),
-            _("Censored"),
-            _("Still employed"),
-            _("95% band: lower"),
-            _("95% band: upper"),
-        ],
-        rows=[[p.time, p.at_risk, p.events, p.censored, p.survival, p.lower, p.upper] for p in points],
-        rate_columns=frozenset({4, 5, 6}),
-    )
+    if "curve" in needs:
+        points = d.curve.points if d.curve else []
+        out["curve"] = Table(
+            name="curve",
+            title=_("Retention curve (Kaplan-Meier) with 95% band"),
+            header=[
+                _("Days since start"),
+                _("At risk"),
+                _("Separations"),
+                _("Censored"),
+                _("Still employed"),
+                _("95% band: lower"),
+                _("95% band: upper"),
+            ],
+            rows=[[p.time, p.at_risk, p.events, p.censored, p.survival, p.lower, p.upper] for p in points],
+            rate_columns=frozenset({4, 5, 6}),
+        )
 
     for name in (b.value for b in BREAKDOWNS):
+        if f"retention-{name}" not in needs:
+            continue
         report = d.breakdowns[name]
         highlight = None
         if by.value == name:
@@ -384,94 +420,96 @@ def tables(d: Dashboard, _: Gettext) -> dict[str, Table]:
             highlight=highlight,
         )
 
-    c = d.crisis
-    statuses = list(next(iter(c.by_severity_and_status.values())).keys()) if c.by_severity_and_status else []
-    out["crisis"] = Table(
-        name="crisis",
-        title=_("Crisis flags by severity"),
-        header=[_("Severity"), *[label(s, "crisis_status", d.language) for s in statuses], _("Total")],
-        rows=[
-            [label(sev, "crisis_severity", d.language), *[grid[s] for s in statuses], sum(grid.values())]
-            for sev, grid in c.by_severity_and_status.items()
-        ],
-    )
-    out["crisis-age"] = Table(
-        name="crisis-age",
-        title=_("Open crisis flags by age"),
-        header=[_("Age"), _("Open flags")],
-        rows=[[age, n] for age, n in c.open_by_age.items()],
-    )
-    times = []
-    for sev in c.time_to_acknowledge_by_severity:
-        ack, res = c.time_to_acknowledge_by_severity[sev], c.time_to_resolve_by_severity[sev]
-        times.append(
-            [
-                label(sev, "crisis_severity", d.language),
-                ack.count,
-                ack.median_minutes,
-                ack.p90_minutes,
-                res.count,
-                res.median_minutes,
-                res.p90_minutes,
-            ]
+    if "crisis" in needs:
+        c = d.crisis
+        statuses = list(next(iter(c.by_severity_and_status.values())).keys()) if c.by_severity_and_status else []
+        out["crisis"] = Table(
+            name="crisis",
+            title=_("Crisis flags by severity"),
+            header=[_("Severity"), *[label(s, "crisis_status", d.language) for s in statuses], _("Total")],
+            rows=[
+                [label(sev, "crisis_severity", d.language), *[grid[s] for s in statuses], sum(grid.values())]
+                for sev, grid in c.by_severity_and_status.items()
+            ],
         )
-    ack, res = c.time_to_acknowledge, c.time_to_resolve
-    times.append(
-        [_("All"), ack.count, ack.median_minutes, ack.p90_minutes, res.count, res.median_minutes, res.p90_minutes]
-    )
-    out["crisis-times"] = Table(
-        name="crisis-times",
-        title=_("Time to acknowledge and to resolve (minutes)"),
-        header=[
-            _("Severity"),
-            _("Acknowledged"),
-            _("Acknowledge: median"),
-            _("Acknowledge: 90th percentile"),
-            _("Resolved"),
-            _("Resolve: median"),
-            _("Resolve: 90th percentile"),
-        ],
-        rows=times,
-    )
+        out["crisis-age"] = Table(
+            name="crisis-age",
+            title=_("Open crisis flags by age"),
+            header=[_("Age"), _("Open flags")],
+            rows=[[age, n] for age, n in c.open_by_age.items()],
+        )
+        times = []
+        for sev in c.time_to_acknowledge_by_severity:
+            ack, res = c.time_to_acknowledge_by_severity[sev], c.time_to_resolve_by_severity[sev]
+            times.append(
+                [
+                    label(sev, "crisis_severity", d.language),
+                    ack.count,
+                    ack.median_minutes,
+                    ack.p90_minutes,
+                    res.count,
+                    res.median_minutes,
+                    res.p90_minutes,
+                ]
+            )
+        ack, res = c.time_to_acknowledge, c.time_to_resolve
+        times.append(
+            [_("All"), ack.count, ack.median_minutes, ack.p90_minutes, res.count, res.median_minutes, res.p90_minutes]
+        )
+        out["crisis-times"] = Table(
+            name="crisis-times",
+            title=_("Time to acknowledge and to resolve (minutes)"),
+            header=[
+                _("Severity"),
+                _("Acknowledged"),
+                _("Acknowledge: median"),
+                _("Acknowledge: 90th percentile"),
+                _("Resolved"),
+                _("Resolve: median"),
+                _("Resolve: 90th percentile"),
+            ],
+            rows=times,
+        )
 
-    a = d.adherence
-    adherence_header = [
-        _("Channel"),
-        _("Due"),
-        _("Done"),
-        _("On time"),
-        _("Late"),
-        _("Missed"),
-        _("Open"),
-        _("Done rate"),
-        _("On-time rate"),
-        _("Attempts"),
-        _("Contacts"),
-        _("Reach rate"),
-    ]
+    if "adherence" in needs:
+        a = d.adherence
+        adherence_header = [
+            _("Channel"),
+            _("Due"),
+            _("Done"),
+            _("On time"),
+            _("Late"),
+            _("Missed"),
+            _("Open"),
+            _("Done rate"),
+            _("On-time rate"),
+            _("Attempts"),
+            _("Contacts"),
+            _("Reach rate"),
+        ]
 
-    def adherence_row(first, x) -> list:
-        return [
-            first, x.due, x.done, x.on_time, x.late, x.missed, x.open,
-            x.done_rate, x.on_time_rate, x.attempts, x.contacts, x.reach_rate,
-        ]  # fmt: skip
+        def adherence_row(first, x) -> list:
+            return [
+                first, x.due, x.done, x.on_time, x.late, x.missed, x.open,
+                x.done_rate, x.on_time_rate, x.attempts, x.contacts, x.reach_rate,
+            ]  # fmt: skip
 
-    out["adherence"] = Table(
-        name="adherence",
-        title=_("Plan adherence by channel"),
-        header=adherence_header,
-        rows=[adherence_row(b.label, b) for b in a.by_channel] + [adherence_row(_("All"), a.total)],
-        rate_columns=frozenset({7, 8, 11}),
-    )
-    out["workers"] = Table(
-        name="workers",
-        title=_("Caseload and overdue work per worker"),
-        header=[_("Worker"), _("Caseload"), _("Overdue"), _("Oldest overdue")],
-        rows=[
-            [w.name, w.caseload, w.overdue, w.oldest_overdue.isoformat() if w.oldest_overdue else None]
-            for w in a.workers
-        ],
-    )
+        out["adherence"] = Table(
+            name="adherence",
+            title=_("Plan adherence by channel"),
+            header=adherence_header,
+            rows=[adherence_row(b.label, b) for b in a.by_channel] + [adherence_row(_("All"), a.total)],
+            rate_columns=frozenset({7, 8, 11}),
+        )
+        out["workers"] = Table(
+            name="workers",
+            title=_("Caseload and overdue work per worker"),
+            header=[_("Worker"), _("Caseload"), _("Overdue"), _("Oldest overdue")],
+            rows=[
+                [w.name, w.caseload, w.overdue, w.oldest_overdue.isoformat() if w.oldest_overdue else None]
+                for w in a.workers
+            ],
+        )
     return out
 
 
@@ -604,10 +642,11 @@ def dashboard_csv(request: Request, table: str, session: SessionDep, user: Manag
     language = language_for(request, user)
     _ = gettext_for(language)
     try:
-        d = build(session, user=user, clock=clock, params=request.query_params, language=language)
+        # Only the reports this table is made from: the same numbers as the page's, for less work.
+        d = build(session, user=user, clock=clock, params=request.query_params, language=language, only=table)
     except (ValidationFailed, NotFound) as exc:
         return _error_page(request, user, session, exc)
-    found = tables(d, _).get(table)
+    found = tables(d, _, only=table).get(table)
     if found is None:
         return _error_page(request, user, session, NotFound("table"))
     name = f"teichaku-{table}-office{d.office.id}-{d.filters.as_of.isoformat()}.csv"

@@ -13,16 +13,18 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlmodel import Session
 
 from service.accounts.models import Office, Role, StaffUser
-from service.web import i18n
+from service.web import i18n, labels
 from service.web.auth import PRE_COOKIE, csrf_token, set_cookie
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
 @cache
-def environment(language: str) -> Environment:
+def environment(language: str, templates: Path = TEMPLATES) -> Environment:
+    """The pages' environment in ``language``; ``templates`` may name another directory (the client's
+    reply page lives in service/outcomes/templates) with the same catalog, filters and settings."""
     env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
+        loader=FileSystemLoader(templates),
         autoescape=select_autoescape(["html"]),
         extensions=["jinja2.ext.i18n"],
         trim_blocks=True,
@@ -31,6 +33,7 @@ def environment(language: str) -> Environment:
     env.install_gettext_translations(i18n.translations(language), newstyle=True)  # type: ignore[attr-defined]
     env.globals["language"] = language
     env.filters["date"] = lambda d, era=False: i18n.show_date(d, language, with_era=era)
+    env.filters["label"] = lambda value, kind: labels.label(i18n.translations(language), value, kind)
     return env
 
 

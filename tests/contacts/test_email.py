@@ -668,16 +668,21 @@ def test_an_office_without_a_phone_gets_no_empty_phone_link(api, settings, facto
 
 def test_the_page_fits_a_320px_screen_and_needs_no_script(api, settings, factory, clock, sink):
     """What the page's markup promises for small phones: the viewport meta, full-width buttons
-    sized in relative units, long words wrapped, and no script anywhere."""
+    sized in relative units, long words wrapped, and no script anywhere. The style is a file of its
+    own (the CSP allows no inline style), linked from every state of the page."""
     handler, port = sink
     placement = api.placement(start=START)
     outbox_id, _ = _sent_link(api, settings, factory, clock, port, placement=placement)
     token = _token_in_mail(handler, outbox_id)
     for r in (api.http.get(f"/r/{token}"), api.http.post(f"/r/{token}/stop")):
         assert 'name="viewport" content="width=device-width, initial-scale=1"' in r.text
-        assert "<script" not in r.text and "overflow-wrap: anywhere" in r.text
-        assert re.search(r"button \{[^}]*width: 100%", r.text)
-        assert not re.search(r"width:\s*\d{3,}px", r.text)  # no fixed width wider than a phone
+        assert "<script" not in r.text and "<style" not in r.text and " style=" not in r.text
+        assert '<link rel="stylesheet" href="/static/reply.css">' in r.text
+    css = api.http.get("/static/reply.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert "overflow-wrap: anywhere" in css.text
+    assert re.search(r"button \{[^}]*width: 100%", css.text)
+    assert not re.search(r"width:\s*\d{3,}px", css.text)  # no fixed width wider than a phone
 
 
 def test_an_escalation_is_not_sent_once_a_worker_has_reached_the_client(api, settings, factory, clock, sink):
