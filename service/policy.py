@@ -57,7 +57,6 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/openapi.json"): public("the schema: no data"),
     ("GET", "/docs"): public("API documentation page: no data"),
     ("GET", "/docs/oauth2-redirect"): public("API documentation page: no data"),
-    ("GET", "/redoc"): public("API documentation page: no data"),
     ("GET", "/healthz"): public("liveness: no data"),
     ("GET", "/readyz"): public("readiness: no data beyond pending migration names"),
     ("GET", "/metrics"): public("Prometheus counts and durations: no personal data"),
@@ -90,6 +89,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/placements/{placement_id}/separation"): Rule(STAFF),
     ("GET", "/api/v1/placements/{placement_id}/follow-ups"): Rule(STAFF),
     ("GET", "/api/v1/follow-ups/{follow_up_id}"): Rule(STAFF),
+    ("POST", "/api/v1/follow-ups/{follow_up_id}/reschedule"): Rule(STAFF),
     ("GET", "/api/v1/queue"): Rule(STAFF),
     ("POST", "/api/v1/follow-ups/{follow_up_id}/outcome"): Rule(STAFF),
     # -- crisis flags and reports

@@ -116,6 +116,7 @@ def sample_body(method: str, path: str, b: dict[str, Any], api) -> Any:
         ("PATCH", "/api/v1/placements/{placement_id}"): {"start_date": "2026-04-14"},
         ("POST", "/api/v1/placements/{placement_id}/separation"): {"date": "2026-04-20", "reason": "other"},
         ("POST", "/api/v1/follow-ups/{follow_up_id}/outcome"): {"reached": True},
+        ("POST", "/api/v1/follow-ups/{follow_up_id}/reschedule"): {"due_date": "2026-05-07", "reason": "matrix"},
         ("POST", "/api/v1/crisis-flags/{flag_id}/resolve"): {"note": "resolved"},
         ("POST", "/api/v1/program/invitations/{invitation_id}/attendance"): {"attendance": "excused"},
     }  # fmt: skip

@@ -16,6 +16,7 @@ from service.contacts.schemas import (
     FamilyContactCreate,
     FamilyContactPublic,
     FollowUpPublic,
+    FollowUpReschedule,
     PlacementCreate,
     PlacementPublic,
     PlacementUpdate,
@@ -24,6 +25,7 @@ from service.contacts.schemas import (
 )
 from service.deps import ClockDep, CurrentUser, Page, PageDep, PlansDep, SessionDep
 from service.errors import ValidationFailed
+from service.web.service import reschedule_follow_up as reschedule  # the client page's own operation
 
 router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
@@ -167,3 +169,19 @@ def list_follow_ups(placement_id: int, session: SessionDep, user: CurrentUser):
 @router.get("/follow-ups/{follow_up_id}", response_model=FollowUpPublic)
 def get_follow_up(follow_up_id: int, session: SessionDep, user: CurrentUser):
     return contacts.get_follow_up(session, office_id=user.office_id, follow_up_id=follow_up_id)
+
+
+@router.post("/follow-ups/{follow_up_id}/reschedule", response_model=FollowUpPublic)
+def reschedule_follow_up(
+    follow_up_id: int, body: FollowUpReschedule, session: SessionDep, user: CurrentUser, clock: ClockDep
+):
+    """Move an open (pending or missed) follow-up to another day with a reason, as the client page
+    does. The day is kept as given (a closed day too: the worker chose it); its window moves with it."""
+    return reschedule(
+        session,
+        office_id=user.office_id,
+        follow_up_id=follow_up_id,
+        new_date=body.due_date,
+        reason=body.reason,
+        clock=clock,
+    )

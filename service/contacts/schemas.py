@@ -198,3 +198,10 @@ class FollowUpPublic(BaseModel):
     attempt: int
     retry_of: int | None
     completed_at: datetime | None
+
+
+class FollowUpReschedule(_In):
+    """Move an open follow-up to another day, as the client page does; the reason is kept on the follow-up."""
+
+    due_date: date = Field(description="the new day (office's calendar): today or later, at most a year ahead")
+    reason: str = Field(max_length=300, description="why the day moved (required, not blank)")

@@ -24,6 +24,17 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 AXE = ROOT / "tests" / "node_modules" / "axe-core" / "axe.min.js"
+# A hung browser or live server fails its test instead of stopping the run (pytest-timeout). The signal
+# method raises in the test; the thread method would end the whole pytest process.
+TIMEOUT_SECONDS = 120
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A conftest's pytestmark is not applied to tests, and this hook sees the whole session's items.
+    for item in items:
+        if item.path.is_relative_to(HERE) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_SECONDS, method="signal"))
 
 
 def _free_port() -> int:
