@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,6 +107,7 @@ def actor_for(session: Session | None) -> Actor:
     return bound or _actor.get() or SYSTEM
 
 
+@lru_cache(maxsize=4096)  # a pure function of the column name, called for every value audited
 def classify(column: str) -> str:
     """'secret', 'personal' or 'plain'."""
     if column in PLAIN_COLUMNS:
@@ -183,6 +185,38 @@ def record(
         session, action=action, record_type=record_type, record_id=record_id, office_id=office_id, changes=changes
     )
     session.add(AuditEvent(**row))
+
+
+def record_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Several ``event_row``s in one statement, on the session's connection and transaction."""
+    if rows:
+        session.connection().execute(sa.insert(AuditEvent.__table__), rows)
+
+
+def created_changes(values: dict[str, Any]) -> dict[str, Any]:
+    """What the flush hook records for a new row, from the column values it was written with."""
+    return {k: {"old": None, "new": shown(k, v)} for k, v in values.items() if k != "id" and v is not None and v != []}
+
+
+def record_inserted(session: Session, *, table: sa.Table, rows: list[dict[str, Any]], ids: list[int]) -> None:
+    """A Core insert does not pass through the flush hook: its rows' "create" events, one per row,
+    the same as the hook would write (every column given in ``rows``, ``ids`` in the same order)."""
+    if table.name in SKIP_TABLES:
+        return
+    record_events(
+        session,
+        [
+            event_row(
+                session,
+                action="create",
+                record_type=table.name,
+                record_id=record_id,
+                office_id=record_id if table.name == "office" else values.get("office_id"),
+                changes=created_changes(values),
+            )
+            for values, record_id in zip(rows, ids, strict=True)
+        ],
+    )
 
 
 # -- the hooks ------------------------------------------------------------------------------

@@ -7,19 +7,23 @@ is reported as not found, exactly like one that does not exist.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office, Role, StaffUser
+from service.audit import capture as audit
 from service.clock import Clock, local_today
 from service.contacts.models import (
     Channel,
     Client,
     Employer,
+    EmploymentType,
     FamilyContact,
     FollowUp,
     FollowUpKind,
@@ -33,7 +37,7 @@ from service.contacts.models import (
 from service.db import utcnow
 from service.errors import Conflict, FieldError, NotFound, ValidationFailed
 from service.schedules.calendar import BusinessCalendar
-from service.schedules.plans import PlanTemplate, schedule_steps
+from service.schedules.plans import PlanTemplate, ScheduledStep, schedule_steps
 
 EARLIEST_START = date(2000, 1, 1)
 
@@ -223,6 +227,65 @@ def _check_worker(session: Session, worker_id: int, office_id: int, field: str =
     return worker
 
 
+def _plan_rows(
+    steps: Sequence[ScheduledStep],
+    *,
+    office_id: int,
+    placement_id: int,
+    worker_id: int,
+    client: Any,
+    has_family: bool,
+    now: datetime,
+    from_date: date | None = None,
+    history_before: date | None = None,
+) -> list[dict[str, Any]]:
+    """The follow-up rows of one placement's plan, every column given (the same for the ORM and the
+    bulk path). Steps needing a consent the client has not given are written as skipped with the
+    reason, never silently dropped.
+
+    ``from_date``: steps due before it are not written (a plan changed mid-way).
+    ``history_before``: steps due before it are written as skipped (an import of past placements
+    should not flood the queue with work nobody can do any more)."""
+    rows = []
+    for s in steps:
+        if from_date is not None and s.due_date < from_date:
+            continue
+        step = s.step
+        block = (
+            consent_block(
+                party=step.party, channel=step.channel, automated=step.automated, client=client, has_family=has_family
+            )
+            if step.needs_consent
+            else None
+        )
+        if history_before is not None and s.due_date < history_before:
+            block = f"before the import on {history_before.isoformat()}"
+        rows.append(
+            {
+                "office_id": office_id,
+                "placement_id": placement_id,
+                "party": step.party,
+                "channel": step.channel,
+                "kind": step.kind,
+                "due_date": s.due_date,
+                "window_days": step.window_days,
+                "window_end": s.window_end,
+                "automated": step.automated,
+                "status": FollowUpStatus.skipped if block else FollowUpStatus.pending,
+                "status_reason": block,
+                "assignee_id": worker_id,
+                "step_index": s.step_index,
+                "needs_consent": step.needs_consent,
+                "retry_of": None,
+                "attempt": 0,
+                "completed_at": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    return rows
+
+
 def materialize(
     session: Session,
     *,
@@ -233,51 +296,242 @@ def materialize(
     from_date: date | None = None,
     history_before: date | None = None,
 ) -> list[FollowUp]:
-    """Write the plan's follow-ups for a placement. Steps needing a consent the client has not
-    given are written as skipped with the reason, never silently dropped.
-
-    ``from_date``: steps due before it are not written (a plan changed mid-way).
-    ``history_before``: steps due before it are written as skipped (an import of past placements
-    should not flood the queue with work nobody can do any more)."""
-    has_family = _has_family(session, client.id)
-    rows = []
-    for s in schedule_steps(template, placement.start_date, office_calendar(office)):
-        if from_date is not None and s.due_date < from_date:
-            continue
-        block = (
-            consent_block(
-                party=s.step.party,
-                channel=s.step.channel,
-                automated=s.step.automated,
-                client=client,
-                has_family=has_family,
-            )
-            if s.step.needs_consent
-            else None
-        )
-        if history_before is not None and s.due_date < history_before:
-            block = f"before the import on {history_before.isoformat()}"
-        rows.append(
-            FollowUp(
-                office_id=office.id,
-                placement_id=placement.id,
-                party=s.step.party,
-                channel=s.step.channel,
-                kind=s.step.kind,
-                due_date=s.due_date,
-                window_days=s.step.window_days,
-                window_end=s.window_end,
-                automated=s.step.automated,
-                status=FollowUpStatus.skipped if block else FollowUpStatus.pending,
-                status_reason=block,
-                assignee_id=placement.worker_id,
-                step_index=s.step_index,
-                needs_consent=s.step.needs_consent,
-            )
-        )
-    session.add_all(rows)
+    """Write the plan's follow-ups for one existing placement as ORM rows (a plan changed mid-way;
+    new placements go through ``create_placements``). See ``_plan_rows`` for the dates."""
+    rows = _plan_rows(
+        schedule_steps(template, placement.start_date, office_calendar(office)),
+        office_id=office.id,
+        placement_id=placement.id,
+        worker_id=placement.worker_id,
+        client=client,
+        has_family=_has_family(session, client.id),
+        now=utcnow(),
+        from_date=from_date,
+        history_before=history_before,
+    )
+    objs = [FollowUp(**row) for row in rows]
+    session.add_all(objs)
     session.flush()
-    return rows
+    return objs
+
+
+@dataclass(frozen=True)
+class NewPlacement:
+    """One placement to create (``create_placements``)."""
+
+    office_id: int
+    client_id: int
+    employer_id: int
+    job_title: str
+    employment_type: EmploymentType | str
+    start_date: date
+    worker_id: int
+    plan: str | None = None  # the office's default plan when not given
+    weekly_hours: float | None = None
+    history_before: date | None = None  # steps due before it are written as skipped (imports)
+
+
+class PlacementsInvalid(ValidationFailed):
+    """Some placements of a batch are wrong; ``failures`` maps each bad one's index to its problems."""
+
+    def __init__(self, failures: dict[int, list[FieldError]]) -> None:
+        super().__init__([e for errors in failures.values() for e in errors])
+        self.failures = failures
+
+
+# Placements written per statement round (and ids per lookup query: below SQLite's variable limit).
+PLACEMENT_BATCH = 1000
+_IN_CHUNK = 900
+
+
+def _by_id(conn: Any, columns: Sequence[Any], ids: Iterable[int]) -> dict[int, Any]:
+    """Rows (named tuples) keyed by their first column, read in chunks."""
+    wanted, out = sorted(set(ids)), {}
+    for i in range(0, len(wanted), _IN_CHUNK):
+        for row in conn.execute(sa.select(*columns).where(columns[0].in_(wanted[i : i + _IN_CHUNK]))):
+            out[row[0]] = row
+    return out
+
+
+def _insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Rows straight to the driver in the connection's transaction: COPY on PostgreSQL, one
+    executemany elsewhere. Each value is converted by its column type's own bind processor (the
+    same conversion a Core insert makes), once per distinct value: a batch of plans repeats the
+    same few dates, enums and timestamps. No ORM and no flush hook: the caller audits."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    keys = [c.key for c in table.c if c.key in rows[0]]
+    procs = [table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys]
+    caches: list[dict[Any, Any]] = [{} for _ in keys]
+
+    def convert(row: dict[str, Any]) -> tuple:
+        out = []
+        for key, proc, cache in zip(keys, procs, caches, strict=True):
+            value = row[key]
+            if proc is None:
+                out.append(value)
+                continue
+            try:
+                out.append(cache[value])
+            except KeyError:
+                out.append(cache.setdefault(value, proc(value)))
+            except TypeError:  # not hashable
+                out.append(proc(value))
+        return tuple(out)
+
+    data = [convert(row) for row in rows]
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        quote = dialect.identifier_preparer.quote
+        sql = f"COPY {quote(table.name)} ({', '.join(quote(k) for k in keys)}) FROM STDIN"
+        with conn.connection.dbapi_connection.cursor() as cur, cur.copy(sql) as copy:
+            for values in data:
+                copy.write_row(values)
+        return
+    compiled = sa.insert(table).compile(dialect=dialect, column_keys=keys)
+    if compiled.positiontup == keys:
+        conn.exec_driver_sql(str(compiled), data)
+    else:  # a driver with named parameters
+        conn.exec_driver_sql(str(compiled), [dict(zip(keys, values, strict=True)) for values in data])
+
+
+def create_placements(
+    session: Session,
+    items: Sequence[NewPlacement],
+    *,
+    created_by: int | None,
+    plans: dict[str, PlanTemplate],
+    batch: int = PLACEMENT_BATCH,
+) -> list[int]:
+    """Create placements and materialize their plans, in the caller's transaction; returns the new
+    ids in the order given. Every item is checked first (clients, employers, workers and family
+    contacts are read once, 900 ids a query, not per placement); if any is wrong nothing is written and
+    ``PlacementsInvalid`` says which and why. Rows go in with one multi-row insert per table and
+    batch. The audit trail gets the placement's creation, as the flush hook would write it, and one
+    event per placement for its plan's follow-ups ("N follow-ups created"), not one per row."""
+    if not items:
+        return []
+    session.flush()  # rows created just before (an import's clients) must be visible to the reads
+    conn = session.connection()
+    clients = _by_id(
+        conn,
+        [
+            Client.__table__.c[k]
+            for k in ("id", "office_id", "consent_automated", "consent_family", "consent_employer", "phone", "email")
+        ],
+        (it.client_id for it in items),
+    )
+    emp, staff = Employer.__table__.c, StaffUser.__table__.c
+    employers = _by_id(conn, [emp.id, emp.office_id], (it.employer_id for it in items))
+    workers = _by_id(conn, [staff.id, staff.office_id, staff.is_active], (it.worker_id for it in items))
+    offices = {oid: session.get(Office, oid) for oid in {it.office_id for it in items}}
+
+    failures: dict[int, list[FieldError]] = {}
+    templates: list[PlanTemplate] = []
+    for i, it in enumerate(items):
+        errors = []
+        office = offices[it.office_id]
+        client, employer, worker = clients.get(it.client_id), employers.get(it.employer_id), workers.get(it.worker_id)
+        if client is None or client.office_id != it.office_id:
+            errors.append(FieldError("client_id", "no such client in your office"))
+        if employer is None or employer.office_id != it.office_id:
+            errors.append(FieldError("employer_id", "no such employer in your office"))
+        if worker is None or worker.office_id != it.office_id or not worker.is_active:
+            errors.append(FieldError("worker_id", "no such active staff member in your office"))
+        template = None
+        if office is None:
+            errors.append(FieldError("office_id", "no such office"))
+        else:
+            try:
+                template = _plan(plans, it.plan or office.default_plan)
+            except ValidationFailed as exc:
+                errors.extend(exc.errors)
+        if it.start_date < EARLIEST_START:
+            errors.append(FieldError("start_date", f"must be on or after {EARLIEST_START}"))
+        if errors:
+            failures[i] = errors
+        templates.append(template)
+    if failures:
+        raise PlacementsInvalid(failures)
+
+    family: set[int] = set()
+    fc = FamilyContact.__table__.c
+    client_ids = sorted(clients)
+    for i in range(0, len(client_ids), _IN_CHUNK):
+        chunk = client_ids[i : i + _IN_CHUNK]
+        family.update(conn.execute(sa.select(fc.client_id).where(fc.client_id.in_(chunk)).distinct()).scalars())
+    calendars = {oid: office_calendar(o) for oid, o in offices.items()}
+    steps_cache: dict[tuple[str, date, int], list[ScheduledStep]] = {}
+    p_table, f_table = Placement.__table__, FollowUp.__table__
+    ids: list[int] = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        now = utcnow()
+        p_rows = [
+            {
+                "office_id": it.office_id,
+                "client_id": it.client_id,
+                "employer_id": it.employer_id,
+                "job_title": it.job_title,
+                "employment_type": it.employment_type,
+                "start_date": it.start_date,
+                "weekly_hours": it.weekly_hours,
+                "worker_id": it.worker_id,
+                "plan": templates[start + j].name,
+                "status": PlacementStatus.active,
+                "created_by": created_by,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for j, it in enumerate(chunk)
+        ]
+        new_ids = conn.execute(sa.insert(p_table).returning(p_table.c.id, sort_by_parameter_order=True), p_rows)
+        new_ids = new_ids.scalars().all()
+        f_rows: list[dict[str, Any]] = []
+        summaries: list[tuple[int, int, str, int, int]] = []
+        for j, (it, pid) in enumerate(zip(chunk, new_ids, strict=True)):
+            template = templates[start + j]
+            key = (template.name, it.start_date, it.office_id)
+            steps = steps_cache.get(key)
+            if steps is None:
+                steps = steps_cache[key] = schedule_steps(template, it.start_date, calendars[it.office_id])
+            rows = _plan_rows(
+                steps,
+                office_id=it.office_id,
+                placement_id=pid,
+                worker_id=it.worker_id,
+                client=clients[it.client_id],
+                has_family=it.client_id in family,
+                now=now,
+                history_before=it.history_before,
+            )
+            skipped = sum(1 for r in rows if r["status"] is FollowUpStatus.skipped)
+            summaries.append((pid, it.office_id, template.name, len(rows), skipped))
+            f_rows.extend(rows)
+        _insert_rows(conn, f_table, f_rows)
+        audit.record_inserted(session, table=p_table, rows=p_rows, ids=new_ids)
+        audit.record_events(
+            session,
+            [
+                audit.event_row(
+                    session,
+                    action="create",
+                    record_type=f_table.name,
+                    record_id=None,  # several rows: the placement and the plan say which
+                    office_id=office_id,
+                    changes={
+                        "placement_id": {"old": None, "new": pid},
+                        "plan": {"old": None, "new": plan},
+                        "follow_ups": {"old": None, "new": n},
+                        "pending": {"old": None, "new": n - skipped},
+                        "skipped": {"old": None, "new": skipped},
+                    },
+                )
+                for pid, office_id, plan, n, skipped in summaries
+            ],
+        )
+        ids.extend(new_ids)
+    return ids
 
 
 def create_placement(
@@ -296,50 +550,21 @@ def create_placement(
     weekly_hours: float | None = None,
     history_before: date | None = None,
 ) -> Placement:
-    office = session.get(Office, office_id)
-    errors = []
-    client = session.get(Client, client_id)
-    if client is None or client.office_id != office_id:
-        errors.append(FieldError("client_id", "no such client in your office"))
-    employer = session.get(Employer, employer_id)
-    if employer is None or employer.office_id != office_id:
-        errors.append(FieldError("employer_id", "no such employer in your office"))
-    try:
-        _check_worker(session, worker_id, office_id)
-    except ValidationFailed as exc:
-        errors.extend(exc.errors)
-    plan_name = plan or office.default_plan
-    try:
-        template = _plan(plans, plan_name)
-    except ValidationFailed as exc:
-        errors.extend(exc.errors)
-    if start_date < EARLIEST_START:
-        errors.append(FieldError("start_date", f"must be on or after {EARLIEST_START}"))
-    if errors:
-        raise ValidationFailed(errors)
-    placement = Placement(
+    """One placement and its plan's follow-ups (``create_placements`` with one item)."""
+    item = NewPlacement(
         office_id=office_id,
         client_id=client_id,
         employer_id=employer_id,
         job_title=job_title,
         employment_type=employment_type,
         start_date=start_date,
-        weekly_hours=weekly_hours,
         worker_id=worker_id,
-        plan=plan_name,
-        created_by=created_by,
-    )
-    session.add(placement)
-    session.flush()
-    materialize(
-        session,
-        placement=placement,
-        template=template,
-        client=client,
-        office=office,
+        plan=plan,
+        weekly_hours=weekly_hours,
         history_before=history_before,
     )
-    return placement
+    (placement_id,) = create_placements(session, [item], created_by=created_by, plans=plans)
+    return session.get(Placement, placement_id)
 
 
 def get_placement(session: Session, *, office_id: int, placement_id: int) -> Placement:
