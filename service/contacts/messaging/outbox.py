@@ -17,17 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, update
+from sqlalchemy import Connection, Row, Table, bindparam, cast, exists, update
+from sqlalchemy import column as sa_column
 from sqlalchemy import select as sa_select
+from sqlalchemy import values as sa_values
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office
+from service.audit.capture import event_row, record_events, shown
 from service.clock import Clock
 from service.contacts import service as contacts
 from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
@@ -373,18 +377,15 @@ async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, cl
     return sum(1 for r in results.values() if isinstance(r, Sent))
 
 
-def _unwanted(session: Session, row: OutboxMessage) -> str | None:
+_CHECKED_PURPOSES = (Purpose.check_in, Purpose.escalation, Purpose.employer_check_in, Purpose.program_invitation)
+_STILL_UNANSWERED = (FollowUpStatus.pending, FollowUpStatus.missed)
+
+
+def _unwanted(row: OutboxMessage, client: Row | None, fu_status: FollowUpStatus | None) -> str | None:
     """Why a claimed check-in must not go out after all: since it was written, the client
-    stopped automated messages or took back consent, or its follow-up was skipped."""
-    if row.client_id is None or row.purpose not in (
-        Purpose.check_in,
-        Purpose.escalation,
-        Purpose.employer_check_in,
-        Purpose.program_invitation,
-    ):
-        return None
-    client = session.get(Client, row.client_id)
-    if client is None:
+    stopped automated messages or took back consent, or its follow-up was skipped. ``client``
+    holds the client's consent columns, ``fu_status`` the follow-up's status (both read per batch)."""
+    if row.client_id is None or row.purpose not in _CHECKED_PURPOSES or client is None:
         return None
     if row.purpose == Purpose.employer_check_in:
         if not client.consent_employer:
@@ -393,42 +394,129 @@ def _unwanted(session: Session, row: OutboxMessage) -> str | None:
         return "not sent: the client stopped automated messages"
     elif not client.consent_automated:
         return "not sent: no consent to automated messages"
-    fu = session.get(FollowUp, row.follow_up_id) if row.follow_up_id is not None else None
-    if fu is not None and fu.status in (FollowUpStatus.skipped, FollowUpStatus.cancelled):
-        return f"not sent: the follow-up was {fu.status.value}"
-    if row.purpose == Purpose.escalation and fu is not None and fu.status not in _STILL_UNANSWERED:
+    if fu_status in (FollowUpStatus.skipped, FollowUpStatus.cancelled):
+        return f"not sent: the follow-up was {fu_status.value}"
+    if row.purpose == Purpose.escalation and fu_status is not None and fu_status not in _STILL_UNANSWERED:
         # Answered (by the client, or a worker reached them) since the escalation was written.
         return "not sent: the check-in was answered or closed meanwhile"
     return None
 
 
-_STILL_UNANSWERED = (FollowUpStatus.pending, FollowUpStatus.missed)
-
-
 def _drop_unwanted(session: Session, rows: list[OutboxMessage], now: datetime) -> list[OutboxMessage]:
-    """Cancel (under our claim) the claimed rows that must not be sent any more; the rest."""
-    keep = []
+    """Cancel (under our claim) the claimed rows that must not be sent any more; the rest.
+    One query for the clients' consent, one for the follow-ups' status, and one UPDATE per
+    reason (audited row by row by the bulk-update hook), whatever the batch's size."""
+    checked = [r for r in rows if r.client_id is not None and r.purpose in _CHECKED_PURPOSES]
+    if not checked:
+        session.commit()
+        return rows
+    client_ids = sorted({r.client_id for r in checked if r.client_id is not None})
+    clients = {
+        c.id: c
+        for c in session.execute(
+            sa_select(Client.id, Client.opted_out_at, Client.consent_automated, Client.consent_employer).where(
+                col(Client.id).in_(client_ids)
+            )
+        )
+    }
+    fu_ids = sorted({r.follow_up_id for r in checked if r.follow_up_id is not None})
+    fu_status: dict[int, FollowUpStatus] = {}
+    if fu_ids:
+        fu_status = dict(
+            (fu_id, status)
+            for fu_id, status in session.execute(
+                sa_select(FollowUp.id, FollowUp.status).where(col(FollowUp.id).in_(fu_ids))
+            )
+        )
+    keep, dropped = [], defaultdict(list)
     for row in rows:
-        reason = _unwanted(session, row)
+        fu = fu_status.get(row.follow_up_id) if row.follow_up_id is not None else None
+        reason = _unwanted(row, clients.get(row.client_id), fu)
         if reason is None:
             keep.append(row)
-            continue
+        else:
+            dropped[reason, row.claim_token].append(row)
+    for (reason, token), group in dropped.items():
         session.exec(
             update(OutboxMessage)
             .where(
-                OutboxMessage.id == row.id,
-                OutboxMessage.claim_token == row.claim_token,
+                col(OutboxMessage.id).in_([r.id for r in group]),
+                OutboxMessage.claim_token == token,
                 OutboxMessage.status == MessageStatus.sending,
             )  # fmt: skip
             .values(status=MessageStatus.cancelled, error_reason=reason, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        fu = session.get(FollowUp, row.follow_up_id) if row.follow_up_id is not None else None
-        if fu is not None and fu.status == FollowUpStatus.pending:
-            fu.status, fu.status_reason, fu.updated_at = FollowUpStatus.skipped, reason, now
-            session.add(fu)
+        skipped = sorted({r.follow_up_id for r in group if r.follow_up_id is not None})
+        if skipped:
+            session.exec(
+                update(FollowUp)
+                .where(col(FollowUp.id).in_(skipped), FollowUp.status == FollowUpStatus.pending)
+                .values(status=FollowUpStatus.skipped, status_reason=reason, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
     session.commit()
     return keep
+
+
+# What recording a result may change on a row (every parameter set of the executemany has them all).
+_RESULT_COLUMNS = ("status", "next_attempt_at", "attempts", "provider_id", "sent_at", "error_code", "error_reason")
+
+
+def _result_values(current: Row, result: Sent | SendError | datetime, now: datetime) -> dict | None:
+    """The row's new values for ``result``; None for a permanent failure (handed to the worker)."""
+    new = {name: getattr(current, name) for name in _RESULT_COLUMNS}
+    if isinstance(result, datetime):  # claimed outside its window: back to the queue, this was no attempt
+        new.update(status=MessageStatus.queued, next_attempt_at=result, attempts=current.attempts - 1)
+    elif isinstance(result, Sent):
+        new.update(status=MessageStatus.sent, provider_id=result.provider_id, sent_at=now)
+        new.update(error_code=None, error_reason=None)
+    elif isinstance(result, MaybeSent):
+        new.update(status=MessageStatus.unknown, error_code=result.code, error_reason=result.reason)
+    elif isinstance(result, TransientError) and current.attempts < MAX_ATTEMPTS:
+        backoff = BACKOFF[min(current.attempts - 1, len(BACKOFF) - 1)]
+        retry_at = now + backoff
+        if current.send_tz and current.window_start and current.window_end:
+            retry_at = next_in_window(retry_at, current.send_tz, current.window_start, current.window_end)
+        new.update(status=MessageStatus.queued, error_code=result.code, error_reason=result.reason)
+        new.update(next_attempt_at=retry_at)
+    else:
+        assert isinstance(result, (PermanentError, TransientError))
+        return None
+    new["updated_at"] = now
+    return new
+
+
+def _update_results(conn: Connection, table: Table, params: list[dict]) -> None:
+    """The new values, still under each row's claim. PostgreSQL: one ``UPDATE ... FROM (VALUES ...)``
+    per 2,000 rows (an executemany costs a statement per row there); SQLite: one executemany."""
+    names = (*_RESULT_COLUMNS, "updated_at")
+    if conn.dialect.name != "postgresql":
+        conn.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("b_id"),
+                table.c.claim_token == bindparam("b_token"),
+                table.c.status == MessageStatus.sending,
+            )
+            .values({name: bindparam(name) for name in names}),
+            params,
+        )
+        return
+    columns = [sa_column("b_id", table.c.id.type), sa_column("b_token", table.c.claim_token.type)]
+    columns += [sa_column(name, table.c[name].type) for name in names]
+    for start in range(0, len(params), 2000):
+        chunk = params[start : start + 2000]
+        new = sa_values(*columns, name="new").data([tuple(p[c.name] for c in columns) for p in chunk])
+        conn.execute(
+            update(table)
+            .where(
+                table.c.id == new.c.b_id,
+                table.c.claim_token == new.c.b_token,
+                table.c.status == MessageStatus.sending,
+            )
+            .values({name: cast(new.c[name], table.c[name].type) for name in names})  # a NULL-only column is text
+        )
 
 
 def _record_results(
@@ -437,32 +525,59 @@ def _record_results(
     results: dict[int, Sent | SendError | datetime],
     clock: Clock,
 ) -> None:
+    """Record every result under its claim: one read of the batch (locked on PostgreSQL, so a
+    status callback waits), one UPDATE (``_update_results``) and one insert of the audit events (the same
+    events, old and new values, as the flush hook writes). A row settled meanwhile (e.g. by a
+    status callback) is left alone. Permanent failures go row by row: each becomes a phone call."""
     now = clock.now()
+    if not rows:
+        return
+    table = OutboxMessage.__table__
     with session_scope(factory) as session:
+        current = sa_select(
+            table.c.id, table.c.office_id, table.c.claim_token, table.c.updated_at,
+            table.c.send_tz, table.c.window_start, table.c.window_end,
+            *(table.c[name] for name in _RESULT_COLUMNS),
+        ).where(table.c.id.in_(sorted(r.id for r in rows)))  # fmt: skip
+        if session.get_bind().dialect.name == "postgresql":
+            current = current.with_for_update()
+        conn = session.connection()
+        by_id = {r.id: r for r in conn.execute(current)}
+        params, events, failed = [], [], []
         for claimed in rows:
+            cur = by_id.get(claimed.id)
+            if cur is None or cur.claim_token != claimed.claim_token or cur.status != MessageStatus.sending:
+                continue  # settled meanwhile: leave it
+            new = _result_values(cur, results[claimed.id], now)
+            if new is None:
+                failed.append(claimed)
+                continue
+            params.append({"b_id": cur.id, "b_token": cur.claim_token, **new})
+            changes = {
+                name: {"old": shown(name, getattr(cur, name)), "new": shown(name, value)}
+                for name, value in new.items()
+                if getattr(cur, name) != value
+            }
+            events.append(
+                event_row(
+                    session,
+                    action="update",
+                    record_type=table.name,
+                    record_id=cur.id,
+                    office_id=cur.office_id,
+                    changes=changes,
+                )
+            )
+        if params:
+            _update_results(conn, table, params)
+            record_events(session, events)
+        for claimed in failed:
             result = results[claimed.id]
             row = session.get(OutboxMessage, claimed.id)
-            if row is None or row.claim_token != claimed.claim_token or row.status != MessageStatus.sending:
-                continue  # settled meanwhile (e.g. by a status callback): leave it
+            assert row is not None and isinstance(result, (PermanentError, TransientError))
             row.updated_at = now
-            if isinstance(result, datetime):
-                row.status, row.next_attempt_at, row.attempts = MessageStatus.queued, result, row.attempts - 1
-            elif isinstance(result, Sent):
-                row.status, row.provider_id, row.sent_at = MessageStatus.sent, result.provider_id, now
-                row.error_code = row.error_reason = None
-            elif isinstance(result, MaybeSent):
-                row.status, row.error_code, row.error_reason = MessageStatus.unknown, result.code, result.reason
-            elif isinstance(result, TransientError) and row.attempts < MAX_ATTEMPTS:
-                row.status, row.error_code, row.error_reason = MessageStatus.queued, result.code, result.reason
-                backoff = BACKOFF[min(row.attempts - 1, len(BACKOFF) - 1)]
-                retry_at = now + backoff
-                if row.send_tz and row.window_start and row.window_end:
-                    retry_at = next_in_window(retry_at, row.send_tz, row.window_start, row.window_end)
-                row.next_attempt_at = retry_at
-            else:
-                assert isinstance(result, (PermanentError, TransientError))
-                row.status, row.error_code, row.error_reason = MessageStatus.failed, result.code, result.reason
-                hand_to_worker(session, row, now)
+            row.status, row.error_code, row.error_reason = MessageStatus.failed, result.code, result.reason
+            hand_to_worker(session, row, now)
             session.add(row)
 
 

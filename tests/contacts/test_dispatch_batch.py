@@ -1,0 +1,134 @@
+"""The dispatch tick works per batch (one query for consent, one for follow-ups, one executemany
+for results): a batch that mixes rows which must not go out with rows that must, and a batch of
+mixed send results, come out as they did row by row, audited row by row."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import select
+
+from service.audit.capture import Actor, acting_as
+from service.audit.models import ActorType, AuditEvent
+from service.clock import FixedClock
+from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
+from service.contacts.messaging.outbox import _record_results, claim, enqueue
+from service.contacts.messaging.ports import MaybeSent, PermanentError, Sent, TransientError
+from service.contacts.models import FollowUp, FollowUpStatus
+from service.db import session_scope
+from service.jobs import run_job
+from tests.contacts.smtp_sink import smtp_messaging, smtp_sink
+from tests.contacts.test_outbox import START, email_check_in, outbox, update_client
+
+
+def audit(factory, record_type: str, record_id: int) -> list[AuditEvent]:
+    with factory() as s:
+        stmt = select(AuditEvent).where(AuditEvent.record_type == record_type, AuditEvent.record_id == record_id)
+        return list(s.exec(stmt.order_by(AuditEvent.id)).all())
+
+
+def test_one_batch_mixing_stopped_withdrawn_skipped_and_normal_rows(api, settings, factory, clock):
+    people = {
+        name: api.client(name=f"人 {name}", email=f"{name}@example.jp")
+        for name in ("ok1", "stopped", "ok2", "withdrew", "skipped", "ok3")
+    }
+    placements = {name: api.placement(start=START, client=c) for name, c in people.items()}
+    with smtp_sink() as (handler, port):
+        m = smtp_messaging(settings, port)
+        assert run_job("plan_check_ins", factory, clock, m) == 6
+        # Between planning and sending: a STOP, a consent taken back, a follow-up skipped by the worker.
+        update_client(factory, people["stopped"]["id"], opted_out_at=clock.now(), opted_out_via="sms")
+        api.ok(api.patch("a.worker", f"/api/v1/clients/{people['withdrew']['id']}", {"consent_automated": False}))
+        skipped_fu = email_check_in(api, "a.worker", placements["skipped"])["id"]
+        with session_scope(factory) as s:
+            fu = s.get(FollowUp, skipped_fu)
+            fu.status, fu.status_reason = FollowUpStatus.skipped, "the worker called instead"
+            s.add(fu)
+
+        assert run_job("dispatch", factory, clock, m) == 3  # one batch: the default is 200 rows
+        received = sorted(to for r in handler.received for to in r.rcpt_tos)
+        assert received == ["ok1@example.jp", "ok2@example.jp", "ok3@example.jp"]
+
+    rows = {r.to_address.split("@")[0]: r for r in outbox(factory)}
+    assert {n: r.status for n, r in rows.items()} == {
+        "ok1": MessageStatus.sent, "ok2": MessageStatus.sent, "ok3": MessageStatus.sent,
+        "stopped": MessageStatus.cancelled, "withdrew": MessageStatus.cancelled, "skipped": MessageStatus.cancelled,
+    }  # fmt: skip
+    assert rows["stopped"].error_reason == "not sent: the client stopped automated messages"
+    assert rows["withdrew"].error_reason == "not sent: no consent to automated messages"
+    assert rows["skipped"].error_reason == "not sent: the follow-up was skipped"
+    assert all(rows[n].provider_id and rows[n].error_reason is None for n in ("ok1", "ok2", "ok3"))
+    fu = email_check_in(api, "a.worker", placements["stopped"])
+    assert fu["status"] == "skipped" and fu["status_reason"] == rows["stopped"].error_reason
+    assert email_check_in(api, "a.worker", placements["withdrew"])["status"] == "skipped"  # already, by the PATCH
+    # The worker's own reason stays.
+    assert email_check_in(api, "a.worker", placements["skipped"])["status_reason"] == "the worker called instead"
+    # Every row's change is in the trail, attributed to the job, with old and new values.
+    for name, row in rows.items():
+        updates = [e for e in audit(factory, "outbox_message", row.id) if e.action == "update"]
+        final = [e for e in updates if e.changes.get("status", {}).get("old") == "sending"]
+        assert len(final) == 1, (name, [e.changes for e in updates])
+        assert (final[0].actor_type, final[0].actor_label, final[0].office_id) == ("job", "dispatch", row.office_id)
+        assert final[0].changes["status"]["new"] == row.status.value
+    fu_events = [e for e in audit(factory, "follow_up", rows["stopped"].follow_up_id) if e.actor_label == "dispatch"]
+    assert [e.changes["status"] for e in fu_events] == [{"old": "pending", "new": "skipped"}]
+
+
+def test_one_batch_of_mixed_results_is_recorded_row_by_row(factory, world, clock):
+    now = clock.now()
+    with session_scope(factory) as s:
+        for i in range(7):
+            enqueue(
+                s,
+                OutboxMessage(
+                    idempotency_key=f"mix:{i}", office_id=world.office_a, purpose=Purpose.alert,
+                    channel=MessageChannel.email, to_address=f"staff{i}@example.jp", subject="件名", body="本文",
+                    next_attempt_at=now - timedelta(minutes=1), send_tz="Asia/Tokyo",
+                    window_start="09:00", window_end="20:00",
+                ),
+            )  # fmt: skip
+    with factory() as s:
+        rows = claim(s, now=now, limit=100)
+    assert len(rows) == 7
+    a, b, c, d, e, f, g = (r.id for r in rows)
+    # A status callback settled one row before we recorded: ours must not overwrite it.
+    with session_scope(factory) as s:
+        settled = s.get(OutboxMessage, f)
+        settled.status = MessageStatus.delivered
+        s.add(settled)
+    later = datetime(2026, 4, 21, 0, 0, tzinfo=UTC)
+    results = {
+        a: Sent("p-a"),
+        b: MaybeSent("timeout", "no answer from the server"),
+        c: TransientError("421", "try later"),
+        d: PermanentError("550", "no such mailbox"),
+        e: later,  # claimed outside its window: back to the queue
+        f: Sent("p-f"),
+        g: Sent("p-g"),
+    }
+    record_at = FixedClock(now + timedelta(seconds=5))
+    with acting_as(Actor(ActorType.job, label="dispatch")):
+        asyncio.run(asyncio.to_thread(_record_results, factory, rows, results, record_at))
+
+    got = {r.id: r for r in outbox(factory)}
+    assert (got[a].status, got[a].provider_id, got[a].sent_at) == (MessageStatus.sent, "p-a", record_at.now())
+    assert (got[b].status, got[b].error_code) == (MessageStatus.unknown, "timeout")
+    assert (got[c].status, got[c].error_code, got[c].attempts) == (MessageStatus.queued, "421", 1)
+    assert got[c].next_attempt_at >= record_at.now() + timedelta(minutes=1)  # backed off, inside the window
+    assert (got[d].status, got[d].error_code, got[d].error_reason) == (MessageStatus.failed, "550", "no such mailbox")
+    assert (got[e].status, got[e].next_attempt_at, got[e].attempts) == (MessageStatus.queued, later, 0)
+    assert (got[f].status, got[f].provider_id) == (MessageStatus.delivered, None)
+    assert (got[g].status, got[g].provider_id) == (MessageStatus.sent, "p-g")
+    assert all(got[i].updated_at == record_at.now() for i in (a, b, c, d, e, g))
+
+    def recorded(i: int) -> list[dict]:
+        return [ev.changes for ev in audit(factory, "outbox_message", i) if ev.actor_label == "dispatch"]
+
+    assert recorded(f) == []
+    (sent,) = recorded(a)
+    assert sent["status"] == {"old": "sending", "new": "sent"} and sent["provider_id"] == {"old": None, "new": "p-a"}
+    assert "error_code" not in sent  # unchanged values are not listed
+    (back,) = recorded(e)
+    assert back["attempts"] == {"old": 1, "new": 0} and back["next_attempt_at"]["new"] == later.isoformat()
+    assert [ch["status"]["new"] for ch in recorded(d)] == ["failed"]
