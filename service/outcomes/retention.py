@@ -30,15 +30,18 @@ Definitions (every number the API, the CLI and the pages show comes from here):
   each point: the number at risk, events, censored, and the 95% confidence band by the
   exponential ("log-log") Greenwood formula, as ``lifelines.KaplanMeierFitter`` computes it.
 
-How it is computed. Every count is an SQL aggregate over the office's placements; Python only
-turns the grouped counts into rates and walks the distinct durations of the curve. Calendar
-months are computed in SQL by a small construct compiled per dialect (:class:`sql_add_months`):
-PostgreSQL's ``date + interval 'N months'`` already clamps to the month's end; SQLite's
-``date(d, '+N months')`` does not (31 January + 1 month = 2 or 3 March), so there the N-month
-date is the smaller of "first of the start month + N months + (day - 1) days" and "the last day
-of the target month", which is the clamped date. Spells are built with window functions
-(``MAX(...) OVER (... ROWS UNBOUNDED PRECEDING AND 1 PRECEDING)`` for the gaps-and-islands walk,
-a running ``SUM`` to number the spells), which both backends support.
+How it is computed. Every count is an SQL aggregate over the office's placements, one pass per
+measure (``COUNT(*) FILTER (WHERE ...)`` per N); Python only turns the grouped counts into rates
+and walks the distinct durations of the curve. Calendar months never need per-row arithmetic for
+maturity: "N-month date on or before ``as_of``" is "start on or before :func:`month_cutoff`", a
+date computed once per report with ``service.schedules.calendar.add_months``. The one per-row
+comparison left, "end after the N-month date", is :class:`sql_after_months`, compiled per
+dialect: PostgreSQL's ``date + interval 'N months'`` (which clamps to the month's end), and on
+SQLite integer arithmetic on the ISO text (see its docstring for why that is exact). Spells are
+built with window functions (a running ``MAX`` of the ends for the gaps-and-islands walk, a
+running ``SUM`` to number the spells) over the placements of clients with more than one; a
+client's only placement is its own spell. The tests check all of this against DuckDB, a Python
+walk with ``dateutil`` and ``add_months`` on month ends and leap days.
 
 Scope: an office sees only its own placements. The API allows managers and admins (workers get
 403): the numbers are about every worker's caseload, and managers decide staffing from them.
@@ -50,7 +53,8 @@ import enum
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
+from functools import lru_cache
 from statistics import NormalDist
 
 import sqlalchemy as sa
@@ -68,6 +72,7 @@ from service.outcomes.schemas import (
     RetentionGroup,
     RetentionReport,
 )
+from service.schedules.calendar import add_months
 
 MONTHS = (1, 3, 6, 12)
 REFERENCE_RATE = 0.5  # the national survey: most municipalities retain more than about half
@@ -106,34 +111,66 @@ _LABELS = {
 # -- dialect-specific date pieces ----------------------------------------------------------
 
 
-class sql_add_months(FunctionElement):  # noqa: N801  (reads like the SQL function it is)
-    """``date + N calendar months``, clamped to the month's end, on SQLite and PostgreSQL."""
+@lru_cache(maxsize=256)
+def month_cutoff(as_of: date, months: int) -> date:
+    """The last day ``d`` whose N-month date ``add_months(d, N)`` is on or before ``as_of``.
 
-    type = sa.Date()
-    name = "add_months"
+    ``add_months`` never decreases as ``d`` grows, so "N-month date on or before ``as_of``" is
+    exactly "``d`` on or before this day": SQL compares plain dates against a handful of these
+    instead of doing month arithmetic on every row. ``as_of`` N months back is such a day; when
+    ``as_of`` is a month's last day, the days after it in that month (29-31 January for 28
+    February) are too, hence the few steps forward.
+    """
+    day = add_months(as_of, -months)
+    while day < date.max and add_months(day + timedelta(days=1), months) <= as_of:
+        day += timedelta(days=1)
+    return day
+
+
+class sql_after_months(FunctionElement):  # noqa: N801  (reads like the SQL condition it is)
+    """The condition ``later > earlier + N calendar months`` (clamped to the month's end), NULL
+    when either date is NULL, on SQLite and PostgreSQL.
+
+    PostgreSQL's ``date + interval 'N months'`` clamps to the month's end itself. SQLite has no
+    such arithmetic, and its ``date()`` functions are slow; there the condition is written on
+    the integer ``K(d) = 100 * (12 * year + month) + day`` of each date:
+    ``later > add_months(earlier, N)`` exactly when ``K(later) - K(earlier) > 100 * N``. Proof:
+    let the N-month date be in month M (``12 * year + month`` of ``earlier`` plus N) with day
+    ``min(e, L)``, ``e`` the day of ``earlier`` and L the length of month M. ``later`` is after it
+    when its month is after M, or when it is in M with a day ``l > min(e, L)``; as ``l <= L``,
+    that is ``l > e``. So the comparison is lexicographic on (month number - N, day), which is
+    the comparison of ``K - 100 * N`` because days are below 100. No clamping is left.
+    """
+
+    type = sa.Boolean()
+    name = "after_months"
     inherit_cache = True
 
-    def __init__(self, day, months: int) -> None:
+    def __init__(self, later, earlier, months: int) -> None:
         # The months are a program constant, rendered literally (part of the cache key).
-        super().__init__(day, sa.literal_column(str(int(months)), sa.Integer))
+        super().__init__(later, earlier, sa.literal_column(str(int(months)), sa.Integer))
 
 
-@compiles(sql_add_months, "postgresql")
-def _add_months_pg(element, compiler, **kw):
-    day, months = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(({day}) + INTERVAL '{months} months' AS DATE)"
+@compiles(sql_after_months, "postgresql")
+def _after_months_pg(element, compiler, **kw):
+    later_c, earlier_c, months_c = element.clauses
+    later, earlier, n = compiler.process(later_c, **kw), compiler.process(earlier_c, **kw), int(months_c.name)
+    return f"(({later}) > CAST(({earlier}) + INTERVAL '{n} months' AS DATE))"
 
 
-@compiles(sql_add_months, "sqlite")
-def _add_months_sqlite(element, compiler, **kw):
-    day_clause, months_clause = element.clauses
-    day, n = compiler.process(day_clause, **kw), int(months_clause.name)
-    in_month = (
-        f"date({day}, 'start of month', '{n:+d} months', "
-        f"'+' || (CAST(strftime('%d', {day}) AS INTEGER) - 1) || ' days')"
+def _month_key_sqlite(day: str) -> str:
+    # Dates are stored as ISO text (YYYY-MM-DD) on SQLite.
+    return (
+        f"(CAST(substr({day}, 1, 4) AS INTEGER) * 1200 + CAST(substr({day}, 6, 2) AS INTEGER) * 100"
+        f" + CAST(substr({day}, 9, 2) AS INTEGER))"
     )
-    month_end = f"date({day}, 'start of month', '{n + 1:+d} months', '-1 day')"
-    return f"min({in_month}, {month_end})"
+
+
+@compiles(sql_after_months, "sqlite")
+def _after_months_sqlite(element, compiler, **kw):
+    later_c, earlier_c, months_c = element.clauses
+    later, earlier, n = compiler.process(later_c, **kw), compiler.process(earlier_c, **kw), int(months_c.name)
+    return f"(({_month_key_sqlite(later)} - {_month_key_sqlite(earlier)}) > {100 * n})"
 
 
 class sql_days_between(FunctionElement):  # noqa: N801
@@ -193,42 +230,60 @@ def _group_key(by: Grouping):
     }[by]
 
 
-def _placements(*, office_id: int, as_of: date, by: Grouping):
+def _placements(*, office_id: int, as_of: date, by: Grouping, where=None):
     """One row per placement of the office started on or before ``as_of``: its group key,
     start, and its end as known on ``as_of`` (the separation date, or NULL)."""
     known_end = sa.case((_s.c.date <= as_of, _s.c.date), else_=sa.null())
+    rows = _p.outerjoin(_s, _s.c.placement_id == _p.c.id)
+    if by == Grouping.category:  # the only key that needs the client (a placement always has one)
+        rows = rows.join(_c, _c.c.id == _p.c.client_id)
     return (
         sa.select(
             _p.c.id,
             _p.c.client_id,
-            sa.cast(_group_key(by), sa.String).label("key"),
+            _group_key(by).label("key"),  # grouped as stored; made a string in Python (_key)
             _p.c.start_date.label("start"),
             known_end.label("end"),
         )
-        .select_from(_p.outerjoin(_s, _s.c.placement_id == _p.c.id).join(_c, _c.c.id == _p.c.client_id))
-        .where(_p.c.office_id == office_id, _p.c.start_date <= as_of)
+        .select_from(rows)
+        .where(_p.c.office_id == office_id, _p.c.start_date <= as_of, *([] if where is None else [where]))
     )
 
 
 def _spells(*, office_id: int, as_of: date, by: Grouping):
-    """One row per employment spell: the key of the placement that started it, its start, its
-    end (NULL while any of its placements is not separated) and its reach (the last day a new
-    placement would still continue it)."""
-    base = _placements(office_id=office_id, as_of=as_of, by=by).subquery("placements")
-    reach = sa.case(
-        (base.c.end.is_(None), sa.literal(OPEN_END, sa.Date)),
-        else_=sql_add_months(base.c.end, SPELL_GAP_MONTHS),
+    """One row per employment spell: the key of the placement that started it, its start and its
+    end (NULL while any of its placements is not separated).
+
+    A placement continues a spell when it starts on or before the reach (end + 1 month, for
+    ever while open) of an earlier placement of the client. Reach grows with the end, so that is
+    "on or before the reach of the latest end so far": one running ``MAX`` of the ends (open as
+    ``OPEN_END``), and the month arithmetic done once per placement after the window.
+
+    A client's only placement is a spell by itself: the walk (a sort, two windows and a grouping)
+    runs only over the placements of clients with more than one, the rest are passed through."""
+    other = _p.alias("other")
+    several = (
+        sa.select(other.c.client_id)
+        .where(other.c.office_id == office_id, other.c.start_date <= as_of)
+        .group_by(other.c.client_id)
+        .having(sa.func.count() > 1)
     )
+    shares_client = _p.c.client_id.in_(several)
+    alone = _placements(office_id=office_id, as_of=as_of, by=by, where=~shares_client).subquery("alone")
+    base = _placements(office_id=office_id, as_of=as_of, by=by, where=shares_client).subquery("placements")
     walk = {"partition_by": base.c.client_id, "order_by": (base.c.start, base.c.id)}
-    reach_before = sa.func.max(reach).over(**walk, rows=(None, -1))
-    marked = sa.select(
-        base.c.id,
-        base.c.client_id,
-        base.c.key,
-        base.c.start,
-        base.c.end,
-        sa.case((base.c.start <= reach_before, 0), else_=1).label("new_spell"),
-    ).subquery("marked")
+    latest_end_before = sa.func.max(sa.func.coalesce(base.c.end, sa.literal(OPEN_END, sa.Date))).over(
+        **walk, rows=(None, -1)
+    )
+    ordered = sa.select(
+        base.c.id, base.c.client_id, base.c.key, base.c.start, base.c.end, latest_end_before.label("latest_end")
+    ).subquery("ordered")
+    new_spell = sa.case(
+        (ordered.c.latest_end.is_(None), 1),  # the client's first placement
+        (sql_after_months(ordered.c.start, ordered.c.latest_end, SPELL_GAP_MONTHS), 1),
+        else_=0,
+    )
+    marked = sa.select(ordered, new_spell.label("new_spell")).subquery("marked")
     numbered = sa.select(
         marked,
         sa.func.sum(marked.c.new_spell)
@@ -236,11 +291,12 @@ def _spells(*, office_id: int, as_of: date, by: Grouping):
         .label("spell_no"),
     ).subquery("numbered")
     open_ = sa.func.max(sa.case((numbered.c.end.is_(None), 1), else_=0)) == 1
-    return sa.select(
+    walked = sa.select(
         sa.func.max(sa.case((numbered.c.new_spell == 1, numbered.c.key))).label("key"),
         sa.func.min(numbered.c.start).label("start"),
         sa.case((open_, sa.null()), else_=sa.func.max(numbered.c.end)).label("end"),
     ).group_by(numbered.c.client_id, numbered.c.spell_no)
+    return sa.union_all(sa.select(alone.c.key, alone.c.start, alone.c.end), walked)
 
 
 # -- retention rates ------------------------------------------------------------------------
@@ -253,30 +309,38 @@ def _rate(numerator: int, denominator: int) -> float | None:
 def retained_at(start, end, *, months: int, as_of: date, spell: bool = False):
     """The definition, as two SQL conditions on a (start, end-as-known-on-as_of) row: is it
     eligible at N months (mature, and for a spell decided), and is it retained. Used by the
-    rates below and by the per-placement exports (service/outcomes/exports.py)."""
-    mark = sql_add_months(start, months)
-    eligible = mark <= as_of
+    rates below and by the per-placement exports (service/outcomes/exports.py).
+
+    Mature ("N-month date on or before ``as_of``") is ``start <= month_cutoff(as_of, N)``, a
+    plain date comparison; kept ("no end, or an end after the N-month date") is
+    :class:`sql_after_months`, the only per-row month arithmetic, needed for ended rows only."""
+    eligible = start <= sa.literal(month_cutoff(as_of, months), sa.Date)
+    kept = sa.or_(end.is_(None), sql_after_months(end, start, months))
     if spell:
         # A spell that ended by its N-month date may still be continued by a new job
         # starting within a month of its end: undecided until that month has passed.
-        decided = sa.or_(end.is_(None), end > mark, sql_add_months(end, SPELL_GAP_MONTHS) <= as_of)
+        decided = sa.or_(kept, end <= sa.literal(month_cutoff(as_of, SPELL_GAP_MONTHS), sa.Date))
         eligible = sa.and_(eligible, decided)
-    retained = sa.and_(eligible, sa.or_(end.is_(None), end > mark))
+    retained = sa.and_(eligible, kept)
     return eligible, retained
 
 
+def _key(value) -> str:
+    return value.value if isinstance(value, enum.Enum) else str(value)
+
+
 def _retention_counts(session: Session, periods, *, as_of: date, spells: bool) -> dict[str, dict]:
-    """Per key: how many started, and per N the eligible and retained counts."""
+    """Per key: how many started, and per N the eligible and retained counts, in one pass."""
     t = periods.subquery("periods")
     columns = [t.c.key, sa.func.count().label("started")]
     for n in MONTHS:
         eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spells)
         columns += [
-            sa.func.sum(sa.case((eligible, 1), else_=0)).label(f"eligible_{n}"),
-            sa.func.sum(sa.case((retained, 1), else_=0)).label(f"retained_{n}"),
+            sa.func.count().filter(eligible).label(f"eligible_{n}"),
+            sa.func.count().filter(retained).label(f"retained_{n}"),
         ]
     rows = session.execute(sa.select(*columns).group_by(t.c.key)).mappings().all()
-    return {str(r["key"]): dict(r) for r in rows}
+    return {_key(r["key"]): dict(r) for r in rows}
 
 
 def _groups(counts: dict[str, dict], labels: dict[str, str]) -> list[RetentionGroup]:
@@ -403,7 +467,7 @@ def retention_curve(
     ).all()
     per_group: dict[str, dict[int, _Tally]] = defaultdict(dict)
     for key, days, events, total in rows:
-        per_group[str(key)][int(days)] = _Tally(int(events), int(total) - int(events))
+        per_group[_key(key)][int(days)] = _Tally(int(events), int(total) - int(events))
     labels = _labels(session, office_id=office_id, by=by, keys=set(per_group), language=language)
     groups = []
     for key in sorted(per_group, key=_sort_key):
