@@ -57,31 +57,56 @@ SIZES = {
         "queue": [2_000, 5_000],
         "retention": 5_000,
         "dispatch": 2_000,
-        "apscheduler": 300,
+        "dispatch_backlog": 5_000,
+        "apscheduler": [300, 1_000],
         "email": 100,
-        "queue_calls": 15,
+        "queue_calls": 60,
+        # bench/load.py: (4) webhooks at a constant rate, (7) wrk on the queue endpoint
+        "webhook_rate": 50,
+        "webhook_seconds": 10,
+        "http_placements": 2_000,
+        "http_workers": [1, 2],
+        "http_threads": 2,
+        "http_connections": 16,
+        "http_seconds": 3,
     },
     "S": {
-        "materialize": 2_000,
+        "materialize": 20_000,
         "naive": 200,
         "rounds": 3,
         "queue": [10_000, 20_000, 50_000],
         "retention": 20_000,
-        "dispatch": 10_000,
-        "apscheduler": 1_000,
+        "dispatch": 50_000,
+        "dispatch_backlog": 150_000,
+        "apscheduler": [5_000, 20_000],
         "email": 500,
-        "queue_calls": 30,
+        "queue_calls": 200,
+        "webhook_rate": 200,
+        "webhook_seconds": 60,
+        "http_placements": 10_000,
+        "http_workers": [1, 2],
+        "http_threads": 2,
+        "http_connections": 32,
+        "http_seconds": 15,
     },
     "M": {
-        "materialize": 20_000,
+        "materialize": 100_000,
         "naive": 500,
         "rounds": 3,
         "queue": [10_000, 50_000, 200_000],
         "retention": 200_000,
         "dispatch": 50_000,
-        "apscheduler": 2_000,
+        "dispatch_backlog": 150_000,
+        "apscheduler": [5_000, 20_000, 50_000],
         "email": 2_000,
-        "queue_calls": 40,
+        "queue_calls": 200,
+        "webhook_rate": 200,
+        "webhook_seconds": 60,
+        "http_placements": 50_000,
+        "http_workers": [1, 2],
+        "http_threads": 2,
+        "http_connections": 32,
+        "http_seconds": 15,
     },
 }
 
@@ -184,13 +209,10 @@ def bench_materialize(db: Db, size: dict) -> dict:
     def ours(n: int) -> float:
         ids, employer = _clients_and_employers(db, office_id, n)
         t = time.perf_counter()
-        with Session(db.engine) as session:  # as the CSV import does: one unit of work
-            for i, cid in enumerate(ids):
-                contacts.create_placement(
-                    session,
+        with Session(db.engine) as session:  # as the CSV import does: one unit of work, one call
+            items = [
+                contacts.NewPlacement(
                     office_id=office_id,
-                    created_by=None,
-                    plans={gen.PLAN: template},
                     client_id=cid,
                     employer_id=employer,
                     job_title="J",
@@ -199,6 +221,9 @@ def bench_materialize(db: Db, size: dict) -> dict:
                     worker_id=workers[i % len(workers)],
                     plan=gen.PLAN,
                 )
+                for i, cid in enumerate(ids)
+            ]
+            contacts.create_placements(session, items, created_by=None, plans={gen.PLAN: template})
             session.commit()
         return n / (time.perf_counter() - t)
 
@@ -282,74 +307,358 @@ def bench_materialize(db: Db, size: dict) -> dict:
 
 # -- (2) a worker's queue as the total grows, and (6) retention ---------------------------------
 
+# The same queue as `daily_queue` returns (same items, order and fields; `action` is a label of
+# kind, channel and party, compared outside the timing), hand-written against the same indexes:
+# ix_follow_up_queue for the worker's work, the primary keys, ix_family_contact_client_id and
+# ix_outcome_placement_id for the correlated first family contact and latest outcome.
 RAW_QUEUE = """
-SELECT f.id, f.due_date, f.kind, f.channel, p.id, p.job_title, c.id, c.name, c.phone, c.email, e.id, e.name
-FROM follow_up f
-JOIN placement p ON p.id = f.placement_id
-JOIN client c ON c.id = p.client_id
-JOIN employer e ON e.id = p.employer_id
-WHERE f.assignee_id = :worker AND f.office_id = :office AND f.status = 'pending'
-  AND f.automated = :false AND f.due_date <= :on
-ORDER BY f.due_date, f.id
+SELECT id, placement_id, grp, due_date, days_overdue, party, channel, kind, attempt, status_reason,
+  client_id, client_name, kana, opted_out_at, opted_out_via,
+  CASE WHEN party = 'employer' THEN supervisor_name WHEN fc_name IS NOT NULL THEN fc_name ELSE client_name END,
+  fc_relationship,
+  CASE WHEN party = 'employer' THEN employer_phone WHEN fc_name IS NOT NULL THEN fc_phone ELSE client_phone END,
+  CASE WHEN party = 'employer' THEN employer_email WHEN fc_name IS NOT NULL THEN fc_email ELSE client_email END,
+  CASE WHEN party = 'employer' THEN employer_address ELSE client_address END,
+  employer_name,
+  o_id, o_follow_up_id, o_placement_id, o_party, o_channel, o_recorded_by, o_recorded_at, o_reached,
+  o_still_employed, o_wellbeing, o_risk_signals, o_unreachable, o_note, o_late
+FROM (
+  SELECT f.id, f.placement_id, f.due_date, f.party, f.channel, f.kind, f.attempt, f.status_reason,
+    CASE WHEN f.kind = 'crisis_call' OR r.kind = 'crisis_call' THEN 'crisis'
+         WHEN f.due_date < :on THEN 'overdue' ELSE 'today' END AS grp,
+    {days_overdue} AS days_overdue,
+    CASE f.kind WHEN 'separation_call' THEN 0 WHEN 'retry' THEN 1 ELSE 9 END AS kind_rank,
+    c.id AS client_id, c.name AS client_name, c.kana, c.phone AS client_phone, c.email AS client_email,
+    c.address AS client_address, c.opted_out_at, c.opted_out_via,
+    e.name AS employer_name, e.supervisor_name, e.phone AS employer_phone, e.email AS employer_email,
+    e.address AS employer_address,
+    CASE WHEN f.party = 'family' THEN
+      (SELECT name FROM family_contact WHERE client_id = c.id ORDER BY id LIMIT 1) END AS fc_name,
+    CASE WHEN f.party = 'family' THEN
+      (SELECT relationship FROM family_contact WHERE client_id = c.id ORDER BY id LIMIT 1) END AS fc_relationship,
+    CASE WHEN f.party = 'family' THEN
+      (SELECT phone FROM family_contact WHERE client_id = c.id ORDER BY id LIMIT 1) END AS fc_phone,
+    CASE WHEN f.party = 'family' THEN
+      (SELECT email FROM family_contact WHERE client_id = c.id ORDER BY id LIMIT 1) END AS fc_email,
+    o.id AS o_id, o.follow_up_id AS o_follow_up_id, o.placement_id AS o_placement_id, o.party AS o_party,
+    o.channel AS o_channel, o.recorded_by AS o_recorded_by, o.recorded_at AS o_recorded_at, o.reached AS o_reached,
+    o.still_employed AS o_still_employed, o.wellbeing AS o_wellbeing, o.risk_signals AS o_risk_signals,
+    o.unreachable AS o_unreachable, o.note AS o_note, o.late AS o_late
+  FROM follow_up f
+  JOIN placement p ON p.id = f.placement_id
+  JOIN client c ON c.id = p.client_id
+  JOIN employer e ON e.id = p.employer_id
+  LEFT JOIN outcome o ON o.id = (SELECT max(id) FROM outcome WHERE placement_id = f.placement_id)
+  LEFT JOIN follow_up r ON r.id = f.retry_of
+  WHERE f.assignee_id = :worker AND f.office_id = :office AND f.automated = :false AND f.due_date <= :on
+    AND (f.status = 'pending' OR (f.status = 'missed' AND (
+         f.id IN (SELECT crisis_follow_up_id FROM crisis_flag
+                  WHERE status <> 'resolved' AND crisis_follow_up_id IS NOT NULL)
+      OR f.retry_of IN (SELECT crisis_follow_up_id FROM crisis_flag
+                        WHERE status <> 'resolved' AND crisis_follow_up_id IS NOT NULL))))
+) q
+ORDER BY CASE grp WHEN 'crisis' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, due_date, kind_rank, id
 """
+_DAYS_OVERDUE = {
+    "postgresql": "(CAST(:on AS date) - f.due_date)",
+    "sqlite": "CAST(julianday(:on) - julianday(f.due_date) AS INTEGER)",
+}
+
+
+def _raw_queue_sql(dialect: str) -> str:
+    return RAW_QUEUE.format(days_overdue=_DAYS_OVERDUE[dialect])
+
+
+def _enrich_for_queue(conn: sa.Connection, worker_ids: list[int], office_id: int) -> dict:
+    """What a running service has and the generator leaves out, so that every branch of the queue
+    is exercised: an outcome for every done follow-up (the latest one per placement is shown),
+    family contacts (two for some clients: the first is shown), opted-out clients, supervisors,
+    reasons, and per measured worker an open crisis call missed yesterday with a pending retry, and
+    a missed crisis call whose flag is resolved (not shown). Made in the measuring transaction and
+    rolled back after it, so that retention and dispatch see the generator's data."""
+    from service.outcomes.models import CrisisFlag
+
+    t0 = time.perf_counter()
+    risks = "CASE WHEN id % 3 = 0 THEN '[\"health\", \"money\"]' ELSE '[]' END"
+    if conn.dialect.name == "postgresql":
+        risks = f"CAST({risks} AS json)"
+    outcomes = conn.execute(
+        sa.text(
+            "INSERT INTO outcome (office_id, follow_up_id, placement_id, party, channel, recorded_by, recorded_at,"
+            " reached, still_employed, wellbeing, risk_signals, unreachable, note, late, source)"
+            " SELECT office_id, id, placement_id, party, channel, assignee_id, created_at, id % 5 <> 0,"
+            " CASE WHEN id % 7 = 0 THEN 'no' ELSE 'yes' END, 1 + id % 5,"
+            f" {risks}, id % 5 = 0,"
+            " CASE WHEN id % 4 = 0 THEN 'note ' || id END, id % 6 = 0, 'worker'"
+            " FROM follow_up WHERE status = 'done'"
+        )
+    ).rowcount
+    for extra in (0, 1):  # a second contact for every sixth client: the first one is shown
+        conn.execute(
+            sa.text(
+                "INSERT INTO family_contact (office_id, client_id, name, relationship, phone, email, created_at)"
+                f" SELECT office_id, id, '{'Second' if extra else 'Family'} ' || id, 'mother',"
+                " '+8190' || (10000000 + id), NULL, created_at FROM client WHERE id % :m = 0"
+            ),
+            {"m": 6 if extra else 3},
+        )
+    conn.execute(
+        sa.text("UPDATE client SET opted_out_at = created_at, opted_out_via = 'sms', kana = 'カナ' WHERE id % 10 = 0")
+    )
+    conn.execute(sa.text("UPDATE employer SET supervisor_name = 'Supervisor ' || id, phone = '+81126223333'"))
+    conn.execute(
+        sa.text("UPDATE follow_up SET status_reason = 'not delivered' WHERE status = 'pending' AND id % 13 = 0")
+    )
+    fu, flag = FollowUp.__table__, CrisisFlag.__table__
+    yesterday = gen.TODAY - timedelta(days=1)
+    for w in worker_ids:
+        pids = conn.execute(
+            sa.select(Placement.id, Placement.client_id).where(Placement.worker_id == w).order_by(Placement.id).limit(2)
+        ).all()
+        for (pid, cid), resolved in zip(pids, (False, True), strict=False):
+            common = {
+                "office_id": office_id,
+                "placement_id": pid,
+                "party": "client",
+                "channel": "phone",
+                "window_days": 0,
+                "automated": False,
+                "assignee_id": w,
+                "created_at": gen.NOW,
+                "updated_at": gen.NOW,
+            }
+            call = conn.execute(
+                sa.insert(fu)
+                .values(
+                    **common, kind="crisis_call", due_date=yesterday, window_end=yesterday, status="missed", attempt=0
+                )
+                .returning(fu.c.id)
+            ).scalar_one()
+            conn.execute(
+                sa.insert(fu).values(
+                    **common,
+                    kind="retry",
+                    due_date=gen.TODAY,
+                    window_end=gen.TODAY,
+                    status="missed" if resolved else "pending",
+                    retry_of=call,
+                    attempt=1,
+                )
+            )
+            conn.execute(
+                sa.insert(flag).values(
+                    office_id=office_id,
+                    placement_id=pid,
+                    client_id=cid,
+                    severity="urgent",
+                    status="resolved" if resolved else "open",
+                    owner_id=w,
+                    opened_at=gen.NOW,
+                    escalated_at=gen.NOW,
+                    crisis_follow_up_id=call,
+                )
+            )
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("ANALYZE outcome, family_contact, crisis_flag"))
+    return {"outcomes": outcomes, "enrich_s": time.perf_counter() - t0}
+
+
+def _norm_raw(row: sa.Row) -> tuple:
+    """A raw row in Python values (SQLite hands back text for dates, times and JSON; 0/1 for booleans)."""
+    v = list(row)
+    for i in (3,):
+        v[i] = date.fromisoformat(v[i]) if isinstance(v[i], str) else v[i]
+    for i in (13, 27):
+        if isinstance(v[i], str):
+            v[i] = datetime.fromisoformat(v[i])
+        if isinstance(v[i], datetime):
+            v[i] = v[i].replace(tzinfo=UTC) if v[i].tzinfo is None else v[i].astimezone(UTC)
+    if isinstance(v[31], str):
+        v[31] = json.loads(v[31])
+    for i in (28, 32, 34):
+        v[i] = None if v[i] is None else bool(v[i])
+    return tuple(v)
+
+
+def _flat_item(i: dict) -> tuple:
+    """One item of our queue in RAW_QUEUE's column order."""
+    c, k, o = i["client"], i["contact"], i["last_outcome"] or dict.fromkeys(RAW_OUTCOME_FIELDS)
+    return (
+        i["follow_up_id"],
+        i["placement_id"],
+        i["group"],
+        i["due_date"],
+        i["days_overdue"],
+        i["party"],
+        i["channel"],
+        i["kind"],
+        i["attempt"],
+        i["reason"],
+        c["id"],
+        c["name"],
+        c["kana"],
+        c["opted_out_at"],
+        c["opted_out_via"],
+        k["name"],
+        k["relationship"],
+        k["phone"],
+        k["email"],
+        k["address"],
+        i["employer_name"],
+        *(o[f] for f in RAW_OUTCOME_FIELDS),
+    )
+
+
+RAW_OUTCOME_FIELDS = (
+    "id",
+    "follow_up_id",
+    "placement_id",
+    "party",
+    "channel",
+    "recorded_by",
+    "recorded_at",
+    "reached",
+    "still_employed",
+    "wellbeing",
+    "risk_signals",
+    "unreachable",
+    "note",
+    "late",
+)
 
 
 def bench_queue_at(db: Db, caseload: gen.Caseload, calls: int) -> dict:
+    """Ours against RAW_QUEUE, alternating, on five workers spread over the office. A few warm-up
+    calls first (statement caches, pages), then the garbage collector is collected and frozen for
+    the timed calls, so that a collection of the enrichment's garbage is not billed to one call."""
+    import gc
+
+    from service.i18n import action_text
     from service.outcomes.queue import daily_queue
 
     workers = caseload.worker_ids[:: max(1, len(caseload.worker_ids) // 5)][:5]
-    ours, raw = [], []
+    ours, raw, checked = [], [], 0
     with Session(db.engine) as session:
+        extra = _enrich_for_queue(session.connection(), workers, caseload.office_id)
+        sql = sa.text(_raw_queue_sql(db.engine.dialect.name))
         users = [session.get(StaffUser, w) for w in workers]
-        for i in range(calls):
-            user = users[i % len(users)]
-            t, q = timed(lambda u=user: daily_queue(session, worker=u, on=gen.TODAY))
-            ours.append(t)
-            t, rows = timed(
-                lambda u=user: session.execute(
-                    sa.text(RAW_QUEUE), {"worker": u.id, "office": u.office_id, "false": False, "on": gen.TODAY}
-                ).all()
-            )
-            raw.append(t)
-            assert [item.follow_up_id for item in q.items] == [r[0] for r in rows]
-            session.expunge_all()
-    return {"items_per_queue": len(q.items), "ours_s": stats(ours), "raw_s": stats(raw)}
+
+        def run_raw(u: StaffUser) -> list:
+            return session.execute(sql, {"worker": u.id, "office": u.office_id, "false": False, "on": gen.TODAY}).all()
+
+        for u in users:  # warm-up, and the check that both give the same queue
+            q = daily_queue(session, worker=u, on=gen.TODAY)
+            got = [_flat_item(i) for i in q.model_dump()["items"]]
+            want = [_norm_raw(r) for r in run_raw(u)]
+            assert got == want, f"queue differs from raw SQL for worker {u.id}"
+            lang = u.language.value
+            assert [i.action for i in q.items] == [
+                action_text(kind=i.kind, channel=i.channel, party=i.party, language=lang) for i in q.items
+            ]
+            assert {g: sum(1 for r in want if r[2] == g) for g in ("crisis", "overdue", "today")} == q.counts
+            assert q.counts["crisis"] == 2 and any(r[21] is not None for r in want)
+            checked += len(want)
+        gc.collect()
+        gc.freeze()
+        try:
+            for i in range(calls):
+                user = users[i % len(users)]
+                t, q = timed(lambda u=user: daily_queue(session, worker=u, on=gen.TODAY))
+                ours.append(t)
+                t, rows = timed(lambda u=user: run_raw(u))
+                raw.append(t)
+                assert [item.follow_up_id for item in q.items] == [r[0] for r in rows]
+        finally:
+            gc.unfreeze()
+        session.rollback()
+    return {
+        "items_per_queue": len(q.items),
+        "items_checked": checked,
+        "ours_s": stats(ours),
+        "raw_s": stats(raw),
+    } | extra
 
 
-def _duck_job_retention(rows: list[tuple], as_of: date) -> tuple[float, float, dict]:
+_DUCK_MACROS = """
+CREATE MACRO mark(d, n) AS least(
+    last_day(CAST(date_trunc('month', d) + to_months(n) AS DATE)),
+    CAST(date_trunc('month', d) + to_months(n) + to_days(day(d) - 1) AS DATE));
+"""
+# Job retention, written anew for DuckDB: N-month date by its own calendar functions, counted per
+# (group, N) over a cross join with the four Ns.
+_DUCK_JOBS = """
+WITH known AS (
+    SELECT CAST(worker_id AS VARCHAR) AS grp, start_date,
+           CASE WHEN sep_date <= $as_of THEN sep_date END AS known_end
+    FROM placements WHERE start_date <= $as_of
+), marks AS (SELECT known.*, n, mark(start_date, n) AS m FROM known CROSS JOIN (VALUES (1), (3), (6), (12)) AS t(n))
+SELECT grp, n, count(*), count(*) FILTER (WHERE m <= $as_of),
+       count(*) FILTER (WHERE m <= $as_of AND (known_end IS NULL OR known_end > m))
+FROM marks GROUP BY grp, n"""
+# Employment spells as the report defines them (reach = separation + 1 month; a spell ended by
+# its N-month date is undecided until a month after its end), with DuckDB's window functions.
+_DUCK_SPELLS = """
+WITH known AS (
+    SELECT id, client_id, CAST(worker_id AS VARCHAR) AS grp, start_date,
+           CASE WHEN sep_date <= $as_of THEN sep_date END AS known_end
+    FROM placements WHERE start_date <= $as_of
+), walk AS (
+    SELECT *, max(CASE WHEN known_end IS NULL THEN DATE '9999-12-31' ELSE mark(known_end, 1) END) OVER (
+        PARTITION BY client_id ORDER BY start_date, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+    FROM known
+), numbered AS (
+    SELECT *, sum(CASE WHEN start_date <= reach THEN 0 ELSE 1 END) OVER (
+        PARTITION BY client_id ORDER BY start_date, id ROWS UNBOUNDED PRECEDING) AS spell_no,
+        reach IS NULL OR start_date > reach AS first
+    FROM walk
+), spells AS (
+    SELECT max(grp) FILTER (WHERE first) AS grp, min(start_date) AS s,
+           CASE WHEN bool_or(known_end IS NULL) THEN NULL ELSE max(known_end) END AS e
+    FROM numbered GROUP BY client_id, spell_no
+), marks AS (
+    SELECT spells.*, n, mark(s, n) AS m, m <= $as_of AND (e IS NULL OR e > m OR mark(e, 1) <= $as_of) AS eligible
+    FROM spells CROSS JOIN (VALUES (1), (3), (6), (12)) AS t(n)
+)
+SELECT grp, n, count(*), count(*) FILTER (WHERE eligible),
+       count(*) FILTER (WHERE eligible AND (e IS NULL OR e > m))
+FROM marks GROUP BY grp, n"""
+
+
+def _duck_counts(result) -> dict:
+    out: dict = {}
+    for grp, n, started, eligible, retained in result:
+        out.setdefault(grp, (started, {}))[1][n] = (eligible, retained)
+    return out
+
+
+def _duck_job_retention(rows: list[tuple], as_of: date, rounds: int = 5) -> tuple[float, dict, dict]:
+    """DuckDB on the same rows: load once, then per round the job aggregate alone and the full
+    report (job aggregate and employment spells, as ``retention()`` computes them)."""
     import duckdb
+    import pandas as pd
 
     t0 = time.perf_counter()
     con = duckdb.connect()
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=["id", "worker_id", "start_date", "sep_date"])
+    frame = pd.DataFrame(rows, columns=["id", "client_id", "worker_id", "start_date", "sep_date"])
     frame["start_date"] = pd.to_datetime(frame["start_date"])
     frame["sep_date"] = pd.to_datetime(frame["sep_date"])
     con.register("frame", frame)
     con.execute(
-        "CREATE TABLE placements AS SELECT id, worker_id, CAST(start_date AS DATE) AS start_date, "
+        "CREATE TABLE placements AS SELECT id, client_id, worker_id, CAST(start_date AS DATE) AS start_date, "
         "CAST(sep_date AS DATE) AS sep_date FROM frame"
     )
+    con.execute(_DUCK_MACROS)
     load = time.perf_counter() - t0
-    mark = """least(
-        last_day(CAST(date_trunc('month', start_date) + to_months(n) AS DATE)),
-        CAST(date_trunc('month', start_date) + to_months(n) + to_days(day(start_date) - 1) AS DATE))"""
-    sql = f"""
-        WITH known AS (
-            SELECT *, CAST(worker_id AS VARCHAR) AS grp, CASE WHEN sep_date <= $as_of THEN sep_date END AS known_end
-            FROM placements WHERE start_date <= $as_of
-        ), marks AS (SELECT known.*, n, {mark} AS mark FROM known CROSS JOIN (VALUES (1), (3), (6), (12)) AS t(n))
-        SELECT grp, n, count(*), count(*) FILTER (WHERE mark <= $as_of),
-               count(*) FILTER (WHERE mark <= $as_of AND (known_end IS NULL OR known_end > mark))
-        FROM marks GROUP BY grp, n"""
-    times, out = [], {}
-    for _ in range(5):
-        t, result = timed(lambda: con.execute(sql, {"as_of": as_of}).fetchall())
-        times.append(t)
-    for grp, n, started, eligible, retained in result:
-        out.setdefault(grp, (started, {}))[1][n] = (eligible, retained)
-    return load, times, out
+    times: dict = {"job": [], "full": []}
+    params = {"as_of": as_of}
+    for _ in range(rounds):
+        t, jobs = timed(lambda: con.execute(_DUCK_JOBS, params).fetchall())
+        times["job"].append(t)
+        t, both = timed(
+            lambda: (con.execute(_DUCK_JOBS, params).fetchall(), con.execute(_DUCK_SPELLS, params).fetchall())
+        )
+        times["full"].append(t)
+    return load, times, {"jobs": _duck_counts(jobs), "employment": _duck_counts(both[1])}
 
 
 def _naive_job_retention(db: Db, office_id: int, as_of: date) -> dict:
@@ -374,10 +683,20 @@ def _naive_job_retention(db: Db, office_id: int, as_of: date) -> dict:
     return {k: (v[0], {n: tuple(c) for n, c in v[1].items()}) for k, v in out.items()}
 
 
-def bench_retention(db: Db, caseload: gen.Caseload) -> dict:
+def bench_retention(db: Db, caseload: gen.Caseload, naive_rounds: int = 3) -> dict:
+    """(6) Our job aggregate and our full report (jobs, employment spells, labels: what the API
+    returns) against DuckDB computing the same on the same rows, and the job aggregate against a
+    load-and-loop. All three give the same numbers (asserted); the rounds alternate the paths."""
     from service.outcomes.retention import Grouping, _placements, _retention_counts, retention
 
     as_of, office = gen.TODAY, caseload.office_id
+    with Session(db.engine) as session:
+        rows = session.execute(
+            sa.select(Placement.id, Placement.client_id, Placement.worker_id, Placement.start_date, Separation.date)
+            .outerjoin(Separation, Separation.placement_id == Placement.id)
+            .where(Placement.office_id == office)
+        ).all()
+    load, duck_times, duck = _duck_job_retention([tuple(r) for r in rows], as_of)
     with Session(db.engine) as session:
         ours_job, ours_full = [], []
         for _ in range(5):
@@ -389,23 +708,24 @@ def bench_retention(db: Db, caseload: gen.Caseload) -> dict:
             ours_job.append(t)
             t, report = timed(lambda: retention(session, office_id=office, as_of=as_of, by=Grouping.worker))
             ours_full.append(t)
-        rows = session.execute(
-            sa.select(Placement.id, Placement.worker_id, Placement.start_date, Separation.date)
-            .outerjoin(Separation, Separation.placement_id == Placement.id)
-            .where(Placement.office_id == office)
-        ).all()
-    ours = {g.key: (g.started, {int(n): (c.eligible, c.retained) for n, c in g.months.items()}) for g in report.groups}
-    load, duck_times, duck = _duck_job_retention([tuple(r) for r in rows], as_of)
+
+    def cells(groups) -> dict:
+        return {g.key: (g.started, {int(n): (c.eligible, c.retained) for n, c in g.months.items()}) for g in groups}
+
+    ours = cells(report.groups)
     naive_times = []
-    for _ in range(3):
+    for _ in range(naive_rounds):
         t, naive = timed(lambda: _naive_job_retention(db, office, as_of))
         naive_times.append(t)
-    assert ours == duck == naive, "retention differs between our SQL, DuckDB and the naive loop"
-    assert counts  # the job-only path ran
+    ours_counts = {k: (r["started"], {n: (r[f"eligible_{n}"], r[f"retained_{n}"]) for n in (1, 3, 6, 12)})
+                   for k, r in counts.items()}  # fmt: skip
+    assert ours == ours_counts == duck["jobs"] == naive, "job retention differs between ours, DuckDB and the loop"
+    assert cells(report.employment) == duck["employment"], "employment retention differs between ours and DuckDB"
     s = {
         "ours_job_sql": stats(ours_job),
         "ours_full_report": stats(ours_full),
-        "duckdb": stats(duck_times),
+        "duckdb_job": stats(duck_times["job"]),
+        "duckdb_full": stats(duck_times["full"]),
         "naive_loop": stats(naive_times),
     }
     m = {k: v["median"] for k, v in s.items()}
@@ -413,20 +733,23 @@ def bench_retention(db: Db, caseload: gen.Caseload) -> dict:
         "unit": "seconds per full recomputation (by worker; lower is better)",
         "placements": caseload.placements,
         "groups": len(ours),
+        "spells": sum(g.started for g in report.employment),
         "duckdb_load_s": load,
         "numbers_equal": True,
         "stats": s,
         "ratios": {
-            "ours_job/duckdb": m["ours_job_sql"] / m["duckdb"],
+            "ours_job/duckdb_job": m["ours_job_sql"] / m["duckdb_job"],
+            "ours_full/duckdb_full": m["ours_full_report"] / m["duckdb_full"],
             "naive/ours_job": m["naive_loop"] / m["ours_job_sql"],
-            "ours_full/duckdb": m["ours_full_report"] / m["duckdb"],
         },
         "targets": {
-            "within 2x of DuckDB": m["ours_job_sql"] <= 2 * m["duckdb"],
+            "within 2x of DuckDB (job aggregate)": m["ours_job_sql"] <= 2 * m["duckdb_job"],
+            "within 2x of DuckDB (full report)": m["ours_full_report"] <= 2 * m["duckdb_full"],
             "at least 20x the naive loop": m["naive_loop"] >= 20 * m["ours_job_sql"],
         },
-        "note": "ours_job_sql is the same job-retention aggregate DuckDB computes; ours_full_report adds "
-        "employment spells (window functions) and labels, as the API returns it",
+        "note": "ours_job_sql / duckdb_job: the job-retention aggregate by worker; ours_full_report / duckdb_full: "
+        "job retention and employment spells (window functions), as the API returns them (ours also reads the "
+        "workers' names); DuckDB's load time (duckdb_load_s) is not in its figures; numbers asserted equal",
     }
 
 
@@ -483,6 +806,7 @@ OUTBOX_COLS = (
 
 
 def _fill_outbox(db: Db, n: int, tag: str) -> None:
+    """``n`` due e-mail check-ins for ``n`` distinct follow-ups (pending or done) of the caseload."""
     due = datetime(2026, 4, 20, 1, 0, tzinfo=UTC)
     with db.engine.begin() as conn:
         fus = conn.execute(
@@ -519,9 +843,17 @@ def _fill_outbox(db: Db, n: int, tag: str) -> None:
                 for fid, pid, cid in fus
             ),
         )
+    if db.kind != "sqlite":  # as autovacuum would, before the tick's first query plans
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE outbox_message"))
+
+
+DISPATCH_BATCH = 1000  # rows per claim (the setting's default is 200; 1,000 keeps the transactions short still)
 
 
 def _dispatch_worker(url: str, out: mp.Queue, batch: int) -> None:
+    from array import array
+
     from service.clock import FixedClock
     from service.contacts.messaging.outbox import Messaging, dispatch_once
     from service.settings import Settings
@@ -531,29 +863,29 @@ def _dispatch_worker(url: str, out: mp.Queue, batch: int) -> None:
     settings = Settings(environment="test", database_url=url, dispatch_batch=batch, config_dir=ROOT / "config")
     messaging = Messaging.from_settings(settings)  # the development adapter: records, sends nothing
     clock = FixedClock(datetime(2026, 4, 20, 2, 0, tzinfo=UTC))  # 11:00 in Tokyo
+    ids = array("q")  # what reached the adapter; its own list is emptied each tick (it would grow with n)
+    first = None
     t = time.perf_counter()
     while asyncio.run(dispatch_once(factory, messaging, clock)):
-        pass
+        ids.extend(m.outbox_id for m in messaging.email.sent)
+        messaging.email.sent.clear()
+        first = first or time.perf_counter() - t
+    ids.extend(m.outbox_id for m in messaging.email.sent)
     took = time.perf_counter() - t
-    out.put(
-        {
-            "seconds": took,
-            "ids": [m.outbox_id for m in messaging.email.sent],
-            "maxrss_mb": _peak_rss_mb(),
-        }
-    )
+    out.put({"seconds": took, "seconds_first_batch": first, "ids": ids.tolist(), "maxrss_mb": _peak_rss_mb()})
     engine.dispose()
 
 
 def _dispatch_with(db: Db, n: int, processes: int, tag: str) -> dict:
+    """``n`` due check-ins in the outbox, then ``processes`` fresh dispatcher processes tick until none is left."""
     _fill_outbox(db, n, tag)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_dispatch_worker, args=(db.url, out, 1000)) for _ in range(processes)]
+    procs = [ctx.Process(target=_dispatch_worker, args=(db.url, out, DISPATCH_BATCH)) for _ in range(processes)]
     t = time.perf_counter()
     for p in procs:
         p.start()
-    results = [out.get(timeout=600) for _ in procs]
+    results = [out.get(timeout=1800) for _ in procs]
     for p in procs:
         p.join()
     wall = time.perf_counter() - t
@@ -567,14 +899,19 @@ def _dispatch_with(db: Db, n: int, processes: int, tag: str) -> dict:
         ).scalar()
         conn.execute(sa.text("DELETE FROM outbox_message"))
     dispatch_s = max(r["seconds"] for r in results)
+    log(f"  dispatch {tag}: {n} rows, {processes} process(es): {dispatch_s:.1f} s ({n / dispatch_s:,.0f}/s)")
     return {
         "messages": n,
         "processes": processes,
+        "batch": DISPATCH_BATCH,
+        "seconds_to_load": 0.0,  # nothing to load: each tick claims its batch straight from the table
+        "seconds_first_batch": min(r["seconds_first_batch"] or r["seconds"] for r in results),
         "seconds_dispatching": dispatch_s,
         "seconds_wall_with_start": wall,
         "per_second": n / dispatch_s,
+        "end_to_end_per_second": n / dispatch_s,
         "duplicates": len(ids) - len(set(ids)),
-        "all_sent_once": len(set(ids)) == n == sent,
+        "all_sent_once": len(set(ids)) == len(ids) == n == sent,
         "peak_rss_mb": max(r["maxrss_mb"] for r in results),
     }
 
@@ -589,25 +926,35 @@ def _aps_job(i: int) -> None:
 
 
 def _apscheduler_worker(url: str, n: int, out: mp.Queue) -> None:
-    """What many tutorials do: one APScheduler job per follow-up, in its SQLAlchemy job store."""
+    """What many tutorials do: one APScheduler job per follow-up, in its SQLAlchemy job store.
+    Loading: ``add_job`` per follow-up into the (persistent) store, as they are created; then the
+    scheduler starts with all of them due, as after an outage, and fires them (a no-op job that
+    records its argument: less work than our tick does per message)."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
     store = SQLAlchemyJobStore(url=url, tablename="apscheduler_jobs")
     scheduler = BackgroundScheduler(jobstores={"default": store}, timezone="UTC")
     scheduler.start(paused=True)
+    base_rss = _peak_rss_mb()
     run_at = datetime.now(UTC) + timedelta(seconds=1)
     t = time.perf_counter()
     for i in range(n):
         scheduler.add_job(_aps_job, "date", run_date=run_at, args=(i,), id=f"fu:{i}", misfire_grace_time=None)
     load = time.perf_counter() - t
+    rss_loaded = _peak_rss_mb()
+    time.sleep(max(0.0, (run_at - datetime.now(UTC)).total_seconds()))  # all due
     t = time.perf_counter()
     scheduler.resume()
-    deadline = time.perf_counter() + 240
+    deadline = time.perf_counter() + 900
     while len(_fired) < n and time.perf_counter() < deadline:
         time.sleep(0.02)
     fire = time.perf_counter() - t
     scheduler.shutdown(wait=True)
+    with store.engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT COUNT(*) FROM apscheduler_jobs")).scalar()
+        conn.execute(sa.text("DROP TABLE apscheduler_jobs"))
+        conn.commit()
     store.engine.dispose()
     out.put(
         {
@@ -615,8 +962,12 @@ def _apscheduler_worker(url: str, n: int, out: mp.Queue) -> None:
             "seconds_to_load": load,
             "seconds_to_fire_all": fire,
             "fired": len(_fired),
+            "jobs_left_in_store": left,
             "duplicates": len(_fired) - len(set(_fired)),
             "per_second": len(_fired) / fire if fire else None,
+            "end_to_end_per_second": len(_fired) / (load + fire),
+            "rss_started_mb": base_rss,
+            "rss_after_load_mb": rss_loaded,
             "peak_rss_mb": _peak_rss_mb(),
         }
     )
@@ -627,35 +978,80 @@ def _apscheduler(db: Db, n: int) -> dict:
     out = ctx.Queue()
     p = ctx.Process(target=_apscheduler_worker, args=(db.url, n, out))
     p.start()
-    result = out.get(timeout=600)
+    result = out.get(timeout=1800)
     p.join()
+    log(
+        f"  apscheduler: {n} jobs: load {result['seconds_to_load']:.1f} s, fire {result['seconds_to_fire_all']:.1f} s, "
+        f"peak {result['peak_rss_mb']:.0f} MB"
+    )
     return result
+
+
+def _apscheduler_sizes(size: dict) -> list[int]:
+    sizes = size["apscheduler"]
+    return sorted(sizes) if isinstance(sizes, list) else [sizes]
+
+
+def _dispatch_caseload_placements(size: dict) -> int:
+    """Placements enough for the largest outbox (about 14 follow-ups each, some cancelled by separations)."""
+    return max(size["retention"], -(-size.get("dispatch_backlog", size["dispatch"]) // 8))
+
+
+def dispatch_db(kind: str, size: dict, run_id: str) -> Db:
+    """A database with just the caseload the dispatch case needs (for ``--only dispatch``)."""
+    db = Db(kind, f"{run_id}_dispatch")
+    placements = _dispatch_caseload_placements(size)
+    caseload = gen.generate(db.engine, plans()[gen.PLAN], placements=placements)
+    log(f"  {kind}: {placements} placements, {caseload.follow_ups} follow-ups generated in {caseload.seconds:.1f} s")
+    return db
 
 
 def bench_dispatch(db: Db, size: dict) -> dict:
     n = size["dispatch"]
+    backlog = size.get("dispatch_backlog", n)
     one = _dispatch_with(db, n, 1, "p1")
     four = _dispatch_with(db, n, 4, "p4")
     small = _dispatch_with(db, max(1, n // 5), 1, "small")
-    aps = _apscheduler(db, size["apscheduler"])
-    ratio = max(one["per_second"], four["per_second"]) / aps["per_second"] if aps["per_second"] else None
+    big = _dispatch_with(db, backlog, 4, "backlog")
+    aps_runs = {str(k): _apscheduler(db, k) for k in _apscheduler_sizes(size)}
+    aps_small, aps = aps_runs[min(aps_runs, key=int)], aps_runs[max(aps_runs, key=int)]
+    best = max(one, four, key=lambda r: r["per_second"])
+    ratio_e2e = best["end_to_end_per_second"] / aps["end_to_end_per_second"]
+    ratio_fire = best["per_second"] / aps["per_second"] if aps["per_second"] else None
+    ours = (one, four, small, big)
     return {
-        "unit": "messages claimed and handed to the (development) adapter per second; higher is better",
+        "unit": "due check-ins handed to the adapter per second, end to end (higher is better)",
+        "basis": (
+            "end to end, from 'N due items are in the database' to 'all handed to the adapter / fired': ours = "
+            "claim (SKIP LOCKED on PostgreSQL), consent and opt-out check, hand-over to the development adapter, "
+            "results and audit trail recorded, per batch of "
+            f"{DISPATCH_BATCH}; APScheduler = add_job per follow-up into its SQLAlchemyJobStore (its only way to "
+            "hold due items in the database) + firing a no-op job for each. Our rows were bulk-inserted by the "
+            "benchmark (not timed): the 'firing only' ratio leaves APScheduler's loading out too. Ours is compared "
+            "at its size (the better of 1 and 4 processes), APScheduler at its largest size"
+        ),
         "ours_1_process": one,
         "ours_4_processes": four,
         "ours_1_process_fifth_size": small,
+        "ours_backlog_4_processes": big,
         "apscheduler_sqlalchemy_jobstore": aps,
+        "apscheduler_by_jobs": aps_runs,
         "ratios": {
-            "ours/apscheduler (throughput)": ratio,
+            "ours/apscheduler (end to end, incl. its loading)": ratio_e2e,
+            "ours/apscheduler (firing only)": ratio_fire,
             "our peak RSS at n / at n/5": one["peak_rss_mb"] / small["peak_rss_mb"],
+            "our peak RSS at backlog / at n (4 processes)": big["peak_rss_mb"] / four["peak_rss_mb"],
+            "APScheduler peak RSS largest / smallest": aps["peak_rss_mb"] / aps_small["peak_rss_mb"],
             "APScheduler load seconds per 1,000 jobs": 1000 * aps["seconds_to_load"] / aps["jobs"],
         },
         "targets": {
-            "at least 100x APScheduler's throughput": bool(ratio and ratio >= 100),
-            "zero duplicates": one["duplicates"] == four["duplicates"] == 0
-            and one["all_sent_once"]
-            and four["all_sent_once"],
-            "memory flat (peak RSS at n <= 1.5 x at n/5)": one["peak_rss_mb"] <= 1.5 * small["peak_rss_mb"],
+            "at least 100x APScheduler's throughput (end to end)": ratio_e2e >= 100,
+            "at least 100x APScheduler's throughput (firing only)": bool(ratio_fire and ratio_fire >= 100),
+            "zero duplicates": all(r["duplicates"] == 0 and r["all_sent_once"] for r in ours),
+            "memory flat (peak RSS at n and at the backlog <= 1.5 x at n/5)": max(
+                one["peak_rss_mb"], big["peak_rss_mb"]
+            )
+            <= 1.5 * small["peak_rss_mb"],
         },
     }
 
@@ -727,7 +1123,7 @@ def machine() -> dict:
     return info
 
 
-CASES = ("materialize", "queue", "retention", "dispatch", "email")
+CASES = ("materialize", "queue", "retention", "dispatch", "email", "pages", "webhooks", "http")
 
 
 def run(kinds: list[str], size_name: str, only: set[str]) -> dict:
@@ -748,16 +1144,37 @@ def run(kinds: list[str], size_name: str, only: set[str]) -> dict:
             db.drop()
             log(f"{kind}: materialize done")
         kept = None
-        if only & {"queue", "retention", "dispatch"}:
+        if only & {"queue", "retention"}:
             queue, retention_result, kept, caseload = bench_sizes(kind, size, run_id)
             out["results"][kind]["queue"] = queue
             out["results"][kind]["retention"] = retention_result
             log(f"{kind}: queue and retention done")
+        elif "dispatch" in only:  # --only dispatch: just the caseload it needs
+            kept = dispatch_db(kind, size, run_id)
         if "dispatch" in only and kept is not None:
             out["results"][kind]["dispatch"] = bench_dispatch(kept, size)
             log(f"{kind}: dispatch done")
         if kept is not None:
             kept.drop()
+        if "pages" in only:
+            from bench.pages import bench_pages  # the real app over the demo data (bench/pages.py)
+
+            db = Db(kind, f"pages_{run_id}")
+            try:
+                out["results"][kind]["pages"] = bench_pages(db, size_name)
+            finally:
+                db.drop()
+            log(f"{kind}: pages done")
+        if "webhooks" in only:
+            from bench.load import bench_webhooks  # (4) signed webhooks at a constant rate (bench/load.py)
+
+            out["results"][kind]["webhooks"] = bench_webhooks(kind, size, run_id)
+            log(f"{kind}: webhooks done")
+        if "http" in only:
+            from bench.load import bench_http  # (7) wrk on the queue endpoint against /healthz
+
+            out["results"][kind]["http"] = bench_http(kind, size, run_id)
+            log(f"{kind}: http done")
     if "email" in only:
         out["results"]["smtp"] = {"email": bench_email(size)}
         log("email done")

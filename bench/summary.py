@@ -53,34 +53,107 @@ def render(result: dict, json_name: str) -> str:
         for name, case in cases.items():
             if case is None:
                 continue
-            lines += [f"## {name} — {kind}", "", f"Unit: {case.get('unit', '')}", ""]
+            lines += [f"## {name} — {kind}", ""]
+            if case.get("run_size"):
+                lines += [f"*Measured in a run of size `{case['run_size']}` (a smoke run), not the size above.*", ""]
+            lines += [f"Unit: {case.get('unit', '')}", ""]
             if name == "queue":
                 lines += [
-                    "| total placements | follow-ups | items | ours median | ours p95 | raw median | raw p95 |",
-                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                    "| total placements | follow-ups | outcomes | items | ours median | ours p95 | raw median "
+                    "| raw p95 | ours/raw (median) |",
+                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
                 ]
+                checked = 0
                 for n, r in case["by_total_placements"].items():
+                    checked += r.get("items_checked", 0)
                     lines.append(
-                        f"| {int(n):,} | {r['follow_ups']:,} | {r['items_per_queue']} | {_f(r['ours_s']['median'])} | "
-                        f"{_f(r['ours_s']['p95'])} | {_f(r['raw_s']['median'])} | {_f(r['raw_s']['p95'])} |"
+                        f"| {int(n):,} | {r['follow_ups']:,} | {r.get('outcomes', 0):,} | {r['items_per_queue']} | "
+                        f"{_f(r['ours_s']['median'])} | {_f(r['ours_s']['p95'])} | {_f(r['raw_s']['median'])} | "
+                        f"{_f(r['raw_s']['p95'])} | {_f(r['ours_s']['median'] / r['raw_s']['median'])} |"
                     )
+                if checked:
+                    lines += [
+                        "",
+                        f"- {checked:,} items compared field by field with the raw query's rows (same queue, same "
+                        "order, same contact and last outcome): equal",
+                    ]
             elif name == "dispatch":
                 lines += [
-                    "| path | messages/jobs | seconds | per second | duplicates | peak RSS MB |",
-                    "| --- | ---: | ---: | ---: | ---: | ---: |",
+                    "| path | items | processes | time to load s | time to fire all s | fired/s | end-to-end/s "
+                    "| duplicates | peak RSS MB |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
                 ]
-                for key in ("ours_1_process", "ours_4_processes", "ours_1_process_fifth_size"):
-                    r = case[key]
+                ours = ("ours_1_process", "ours_4_processes", "ours_1_process_fifth_size", "ours_backlog_4_processes")
+                for key in ours:
+                    r = case.get(key)
+                    if r:
+                        lines.append(
+                            f"| {key} | {r['messages']:,} | {r['processes']} | {_f(r.get('seconds_to_load', 0.0))} | "
+                            f"{_f(r['seconds_dispatching'])} | {_f(r['per_second'])} | "
+                            f"{_f(r.get('end_to_end_per_second', r['per_second']))} | {r['duplicates']} | "
+                            f"{_f(r['peak_rss_mb'])} |"
+                        )
+                runs = case.get("apscheduler_by_jobs") or {"": case["apscheduler_sqlalchemy_jobstore"]}
+                for a in runs.values():
+                    took = a["seconds_to_load"] + a["seconds_to_fire_all"]
+                    e2e = a.get("end_to_end_per_second") or a["fired"] / took
                     lines.append(
-                        f"| {key} | {r['messages']:,} | {_f(r['seconds_dispatching'])} | "
-                        f"{_f(r['per_second'])} | {r['duplicates']} | {_f(r['peak_rss_mb'])} |"
+                        f"| APScheduler 3, a job per follow-up (SQLAlchemyJobStore) | {a['jobs']:,} | 1 | "
+                        f"{_f(a['seconds_to_load'])} | {_f(a['seconds_to_fire_all'])} | {_f(a['per_second'])} | "
+                        f"{_f(e2e)} | {a['duplicates']} | {_f(a['peak_rss_mb'])} |"
                     )
-                a = case["apscheduler_sqlalchemy_jobstore"]
-                lines.append(
-                    f"| APScheduler 3 (job per follow-up): load {_f(a['seconds_to_load'])} s, then fire | "
-                    f"{a['jobs']:,} | {_f(a['seconds_to_fire_all'])} | {_f(a['per_second'])} | "
-                    f"{a['duplicates']} | {_f(a['peak_rss_mb'])} |"
-                )
+                if case.get("basis"):
+                    lines += ["", f"- basis: {case['basis']}"]
+            elif name == "pages":  # bench/pages.py: one row per page, milliseconds, against 200 ms
+                lines += [
+                    "| page | median ms | p95 ms | median < 200 ms | p95 < 200 ms | bytes |",
+                    "| --- | ---: | ---: | --- | --- | ---: |",
+                ]
+                for page, st in case["stats"].items():
+                    lines.append(
+                        f"| {page} | {st['median'] * 1000:.0f} | {st['p95'] * 1000:.0f} | {_f(st['median'] < 0.2)} | "
+                        f"{_f(st['p95'] < 0.2)} | {case['bytes'].get(page, '-')} |"
+                    )
+                under = sum(st["median"] < 0.2 for st in case["stats"].values())
+                lines += [
+                    "",
+                    f"- data: {case['data']}; {case['rounds']} rounds after {case['warm_up_rounds']} warm-up rounds",
+                    f"- pages under 200 ms (median): **{under} of {len(case['stats'])}**",
+                    f"- every page answered 200: {_f(case['targets']['every page answered 200'])}"
+                    + (f" ({case['not_200']})" if case["not_200"] else ""),
+                    f"- note: {case['note']}",
+                    "",
+                ]
+                continue
+            elif name == "webhooks":  # bench/load.py: open-loop signed Twilio webhooks while the scheduler ticks
+                lat, chk = case["latency_ms"], case["db_check"]
+                lines += [
+                    "| requests | target/s | answered/s | p50 ms | p95 ms | p99 ms | max ms | errors | re-deliveries |",
+                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+                    f"| {case['requests']:,} | {case['target_rate']} | {_f(case['achieved_rate'])} | "
+                    f"{_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | {_f(lat['max'])} | "
+                    f"{case['errors'] or 0} | {case['duplicate_deliveries_sent']} |",
+                    "",
+                    f"- layout: {case['layout']}; client send lag ms: {case['client_send_lag_ms']}",
+                    f"- in the database: {chk['recorded_once']:,} of {chk['message_sids']:,} MessageSids recorded "
+                    f"once, {chk['recorded_twice_or_more']} twice, {chk['acknowledged_but_missing']} answered 200 but "
+                    f"missing; {chk['outcomes']:,} outcomes for {chk['answers_recorded']:,} answers; "
+                    f"{chk['stop_confirmations']} STOP confirmations for {chk['stops_recorded']} STOPs",
+                    f"- the tick meanwhile: {case['tick_during_run']}",
+                ]
+            elif name == "http" and "by_workers" in case:  # bench/load.py: wrk, queue against /healthz
+                lines += [
+                    "| uvicorn workers | path | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors |",
+                    "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                ]
+                for n, r in case["by_workers"].items():
+                    for path in ("queue", "healthz"):
+                        w = r[path]
+                        lines.append(
+                            f"| {n} | {path} | {_f(w['requests_per_second'])} | {_f(w['p50_ms'])} | {_f(w['p90_ms'])} "
+                            f"| {_f(w['p99_ms'])} | {w['non_2xx']} | {w['socket_errors']} |"
+                        )
+                lines += ["", f"- wrk: {case['wrk']}"]
             elif "stats" in case:
                 lines += _stats_table(case["stats"])
             lines.append("")
@@ -91,10 +164,12 @@ def render(result: dict, json_name: str) -> str:
                 in (
                     "placements",
                     "groups",
+                    "spells",
                     "duckdb_load_s",
                     "numbers_equal",
                     "placements_per_round",
                     "messages_per_round",
+                    "skipped",
                     "note",
                 )
             }
@@ -104,8 +179,7 @@ def render(result: dict, json_name: str) -> str:
     lines += [
         "## Not measured yet",
         "",
-        "- (4) signed webhooks at 200/s while the tick runs, (5b) SMS pacing against a rate-enforcing endpoint, "
-        "(7) the HTTP queue endpoint under wrk/locust, and size L.",
+        "- (5b) SMS pacing against a rate-enforcing endpoint, and size L.",
         "",
     ]
     return "\n".join(lines)
@@ -119,7 +193,11 @@ def merge(results: list[dict]) -> dict:
     """Several runs (e.g. SQLite, then PostgreSQL, each kept under 5 minutes) as one."""
     merged = dict(results[0]) | {"results": {}}
     for r in results:
-        merged["results"].update(r["results"])
+        for kind, cases in r["results"].items():
+            for name, case in cases.items():  # a later run's case replaces an earlier one's, case by case
+                if isinstance(case, dict) and r.get("size") != merged.get("size"):
+                    case = case | {"run_size": r.get("size")}
+                merged["results"].setdefault(kind, {})[name] = case
         merged["started"] = min(merged["started"], r["started"])
         merged["finished"] = max(merged["finished"], r["finished"])
     return merged
