@@ -35,7 +35,7 @@ from service.outcomes.schemas import Queue
 _KIND_ORDER = {FollowUpKind.separation_call.value: 0, FollowUpKind.retry.value: 1}
 _GROUP_RANK = {"crisis": 0, "overdue": 1, "today": 2}
 
-_OUTCOME_FIELDS = (
+OUTCOME_FIELDS = (  # the last outcome's fields in a queue item (bench/run.py compares them too)
     "id",
     "follow_up_id",
     "placement_id",
@@ -121,7 +121,7 @@ def _statement() -> sa.Select:
             first_contact(fam.c.relationship, "relationship"),
             first_contact(fam.c.phone, "family_phone"),
             first_contact(fam.c.email, "family_email"),
-            *(_text(out.c[f], f"o_{f}") if f in _OUTCOME_ENUMS else out.c[f].label(f"o_{f}") for f in _OUTCOME_FIELDS),
+            *(_text(out.c[f], f"o_{f}") if f in _OUTCOME_ENUMS else out.c[f].label(f"o_{f}") for f in OUTCOME_FIELDS),
         )
         .select_from(fu)
         .join(pl, pl.c.id == fu.c.placement_id)
@@ -193,7 +193,7 @@ def daily_queue(session: Session, *, worker: StaffUser, on: date) -> Queue:
                 },
                 "contact": contact,
                 "employer_name": employer_name,
-                "last_outcome": None if row[26] is None else dict(zip(_OUTCOME_FIELDS, row[26:], strict=True)),
+                "last_outcome": None if row[26] is None else dict(zip(OUTCOME_FIELDS, row[26:], strict=True)),
             }
         )
     items.sort(
