@@ -25,7 +25,6 @@ from service.contacts.schemas import (
 )
 from service.deps import ClockDep, CurrentUser, Page, PageDep, PlansDep, SessionDep
 from service.errors import ValidationFailed
-from service.web.service import reschedule_follow_up as reschedule  # the client page's own operation
 
 router = APIRouter(prefix="/api/v1", tags=["contacts"])
 
@@ -177,7 +176,7 @@ def reschedule_follow_up(
 ):
     """Move an open (pending or missed) follow-up to another day with a reason, as the client page
     does. The day is kept as given (a closed day too: the worker chose it); its window moves with it."""
-    return reschedule(
+    return contacts.reschedule_follow_up(
         session,
         office_id=user.office_id,
         follow_up_id=follow_up_id,

@@ -41,7 +41,6 @@ from service.validation import MAX_ID
 from service.web import i18n
 from service.web.auth import CSRF, PageUser, end_session, session_user, set_cookie, start_session
 from service.web.render import language_for, render
-from service.web.service import reschedule_follow_up
 
 router = APIRouter(include_in_schema=False)
 
@@ -147,7 +146,6 @@ def today(request: Request, session: SessionDep, user: PageUser, clock: ClockDep
             "groups": groups,
             "done": done,
             "map_url": _map_url,
-            "label": lambda v, p: label(v, p, language),
             "action": lambda i: action_text(kind=i.kind, channel=i.channel, party=i.party, language=language),
         },
         user=user,
@@ -281,8 +279,7 @@ def _client_page(request: Request, session: Session, user: StaffUser, client_id:
         "client": client,
         "timeline": timeline,
         "answers": answers,
-        "reasons": [(r.value, r.value.replace("_", " ")) for r in SeparationReason],
-        "label": lambda v, p: label(v, p, language),
+        "reasons": [r.value for r in SeparationReason],
         "action": lambda f: action_text(kind=f.kind, channel=f.channel, party=f.party, language=language),
         "open_statuses": (FollowUpStatus.pending, FollowUpStatus.missed),
         "errors": {},
@@ -318,7 +315,7 @@ async def reschedule(
     new_date = _parse_date(_one(form, "due_date"), "due_date", errors)
     if new_date is not None:
         try:
-            reschedule_follow_up(
+            contacts.reschedule_follow_up(
                 session,
                 office_id=user.office_id,
                 follow_up_id=fu.id,
