@@ -8,8 +8,9 @@ outcomes, and crisis flags with their signals.
   written as labels in that language. Times are local to the office ("YYYY-MM-DD HH:MM").
 - **No formula injection.** A text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
   carriage return is prefixed with ``'`` so a spreadsheet shows it as text (OWASP's advice).
-- **Streamed.** Rows are read in keyset-paginated batches (``id > last``), so a large office is
-  never loaded at once; :func:`export_csv` yields text chunks to a ``StreamingResponse`` or a file.
+- **Streamed, one snapshot.** Rows are read in keyset-paginated batches (``id > last``), so a large
+  office is never loaded at once; :func:`export_csv` yields text chunks to a ``StreamingResponse`` or a
+  file. All batches read one snapshot of the database, taken when the export begins.
 - **Retention, defined once.** A placement's status at 1/3/6/12 months comes from
   :func:`service.outcomes.retention.retained_at`, the same SQL the rates are counted with, so the
   export's counts equal ``GET /api/v1/retention``'s (group ``none``) for the same ``as_of``.
@@ -368,6 +369,17 @@ def check_request(*, language: str, date_from: date | None, date_to: date | None
         raise ValidationFailed.one("from", "must be on or before 'to'")
 
 
+def _one_snapshot(session: Session) -> None:
+    """Every batch reads the database as it was when the export began, so the file is one consistent
+    picture (a separation recorded meanwhile cannot show in one row and be missing from another).
+    PostgreSQL: a read-only REPEATABLE READ transaction. SQLite (WAL): an explicit deferred BEGIN
+    (the driver starts none for reads), whose first read fixes the snapshot until the session closes."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
+    else:
+        session.connection().exec_driver_sql("BEGIN")
+
+
 def export_csv(
     factory: sessionmaker[Session],
     kind: ExportKind,
@@ -389,6 +401,7 @@ def export_csv(
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     with factory() as session:
+        _one_snapshot(session)
         office = session.get(Office, office_id)
         if office is None:
             raise NotFound("office")

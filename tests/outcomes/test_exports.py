@@ -15,6 +15,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from service.contacts.models import Placement, PlacementStatus, Separation, SeparationReason
 from service.db import session_scope
 from service.outcomes.exports import ExportKind, export_csv
 from service.outcomes.retention import MONTHS
@@ -123,6 +124,35 @@ def test_small_batches_lose_and_repeat_nothing(api, factory, world, clock):
     assert seen == [min(7 * i, total) for i in range(1, -(-total // 7) + 1)]
     assert len(paged.splitlines()) == total + 1
     assert download(api, "a.worker", "placements", as_of="2026-04-20").decode("utf-8") == whole
+
+
+def test_the_file_is_one_snapshot_whatever_is_written_while_it_streams(api, factory, world):
+    """Changes committed after the first batch was read (a separation of a placement still to come,
+    a new placement) are in none of the following batches: the file shows the database as it was."""
+    from datetime import date
+
+    office = _office(world)
+    with session_scope(factory) as session:
+        ids = [report_data.placement(session, office, start=date(2025, 1, 6)) for _ in range(12)]
+    as_of = date(2026, 4, 20)
+    before = "".join(export_csv(factory, ExportKind.placements, office_id=world.office_a, as_of=as_of))
+    chunks = export_csv(factory, ExportKind.placements, office_id=world.office_a, as_of=as_of, batch=4)
+    streamed = [next(chunks), next(chunks)]  # the header, then the first four placements
+    with session_scope(factory) as session:  # meanwhile, elsewhere: the last one leaves, one more starts
+        last = session.get(Placement, ids[-1])
+        last.status = PlacementStatus.separated
+        session.add(
+            Separation(
+                office_id=world.office_a, placement_id=last.id, date=date(2025, 2, 1),
+                reason=SeparationReason.voluntary,
+            )
+        )  # fmt: skip
+        report_data.placement(session, office, start=date(2025, 1, 6))
+    streamed.extend(chunks)
+    assert "".join(streamed) == before
+    after = "".join(export_csv(factory, ExportKind.placements, office_id=world.office_a, as_of=as_of))
+    assert len(after.splitlines()) == len(before.splitlines()) + 1  # the change is real: a new export has it
+    assert after != before
 
 
 # ---------------------------------------------------------------- the office's own rows only
