@@ -14,6 +14,7 @@ service runs. PostgreSQL has its own tools (pg_dump / pg_restore); these refuse 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sqlite3
 import time
@@ -283,6 +284,16 @@ def install(app: FastAPI) -> None:
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     def metrics(request: Request) -> Response:
         state = request.app.state
+        token = state.settings.metrics_token
+        if token:  # compared in constant time; nothing is said about which part was wrong
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return Response(
+                    "metrics need the bearer token (TEICHAKU_METRICS_TOKEN)\n",
+                    status_code=401,
+                    media_type="text/plain",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         if getattr(state, "metrics_registry", None) is None:
             state.metrics_registry = metrics_registry(state.engine, state.clock)
         return Response(generate_latest(state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -59,7 +59,7 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/docs/oauth2-redirect"): public("API documentation page: no data"),
     ("GET", "/healthz"): public("liveness: no data"),
     ("GET", "/readyz"): public("readiness: no data beyond pending migration names"),
-    ("GET", "/metrics"): public("Prometheus counts and durations: no personal data"),
+    ("GET", "/metrics"): public("Prometheus counts, no personal data (TEICHAKU_METRICS_TOKEN: a bearer token)"),
     # -- accounts and sign-in
     ("POST", "/api/v1/auth/token"): public("password sign-in, throttled per account and per address"),
     ("POST", "/api/v1/auth/logout"): Rule(STAFF, **SIGNED_IN_ONLY),

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_from: str = "teichaku@localhost"
     smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # When set, GET /metrics wants "Authorization: Bearer <this>" (Prometheus: authorization.credentials);
+    # unset, it answers anyone who reaches it (keep it on the internal network then).
+    metrics_token: str | None = Field(default=None, min_length=16)
     twilio_account_sid: str | None = None  # unset: SMS and calls go to the development adapter
     twilio_auth_token: str | None = None
     twilio_from: str | None = None  # a number, an alphanumeric sender or a messaging service SID

@@ -147,6 +147,20 @@ def test_metrics_say_when_the_database_is_down(settings, clock):
         assert r.status_code == 503 and r.json()["status"] == "database unreachable"
 
 
+def test_metrics_want_the_bearer_token_when_one_is_set(settings, engine, clock):
+    token = "metrics-token-0123456789"
+    guarded = settings.model_copy(update={"metrics_token": token})
+    for public in (True, False):  # the API and the scheduler role alike
+        with TestClient(create_app(guarded, engine=engine, clock=clock, public=public)) as http:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token}):
+                r = http.get("/metrics", headers=headers)
+                assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+                assert "teichaku_" not in r.text
+            r = http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and "teichaku_database_up" in r.text
+            assert http.get("/healthz").status_code == 200  # health stays open for the load balancer
+
+
 # -- /readyz and the scheduler role -----------------------------------------------------------
 
 
