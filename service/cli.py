@@ -316,6 +316,8 @@ def offices_create(
     timezone: Annotated[str, typer.Option(help="IANA time zone")] = "Asia/Tokyo",
     default_plan: Annotated[str, typer.Option(help="default plan template")] = "standard-3m",
     phone: Annotated[str | None, typer.Option(help="office phone shown to clients")] = None,
+    holiday_country: Annotated[str, typer.Option(help="whose public holidays: ISO country code")] = "JP",
+    holiday_subdivision: Annotated[str | None, typer.Option(help="a region's own holidays, e.g. NY")] = None,
 ) -> None:
     """Create an office."""
     from service.accounts import service as accounts
@@ -332,6 +334,8 @@ def offices_create(
                 timezone=timezone,
                 default_plan=default_plan,
                 phone=parse_phone(phone) if phone else None,
+                holiday_country=holiday_country,
+                holiday_subdivision=holiday_subdivision,
                 known_plans=set(_load_plans()),
             )
             typer.echo(json.dumps({"id": office.id, "name": office.name, "timezone": office.timezone}))

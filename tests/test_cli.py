@@ -97,7 +97,7 @@ def test_plans_check_lists_the_plans(teichaku):
 def test_offices_create(teichaku, db_url, world, factory):
     result = teichaku(
         "offices", "create", "--name", "Office C", "--timezone", "Europe/Paris", "--phone", "０１１－２１１－２００２",
-        db=db_url,
+        "--holiday-country", "FR", db=db_url,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -105,6 +105,7 @@ def test_offices_create(teichaku, db_url, world, factory):
     with factory() as s:
         office = s.get(Office, out["id"])
     assert (office.name, office.timezone, office.phone) == ("Office C", "Europe/Paris", "+81112112002")
+    assert (office.holiday_country, office.holiday_subdivision) == ("FR", None)
 
 
 def test_offices_create_with_a_duplicate_name_fails_cleanly(teichaku, db_url, world, factory):
@@ -122,8 +123,10 @@ def test_offices_create_with_a_duplicate_name_fails_cleanly(teichaku, db_url, wo
         (["--timezone", "America"], "unknown time zone"),  # a folder of the zone database
         (["--default-plan", "no-such-plan"], "no plan named"),
         (["--phone", "123"], "phone number"),
+        (["--holiday-country", "XX"], "no public holidays known"),
+        (["--holiday-country", "US", "--holiday-subdivision", "ZZ"], "no subdivision"),
     ],
-    ids=["timezone", "timezone-folder", "plan", "phone"],
+    ids=["timezone", "timezone-folder", "plan", "phone", "holiday-country", "holiday-subdivision"],
 )
 def test_offices_create_with_bad_values_fails_cleanly(teichaku, db_url, world, factory, args, words):
     result = teichaku("offices", "create", "--name", "Office Q", *args, db=db_url)

@@ -33,6 +33,10 @@ class Office(SQLModel, table=True):
     closed_days: list[str] = Field(
         default_factory=lambda: list(DEFAULT_CLOSED_DAYS), sa_column=sa.Column(sa.JSON, nullable=False)
     )
+    # Whose public holidays and weekend the office keeps: ISO 3166-1 country, optional subdivision
+    # (a US state, a German Land) as the ``holidays`` package names them.
+    holiday_country: str = Field(default="JP", max_length=2, sa_column_kwargs={"server_default": "JP"})
+    holiday_subdivision: str | None = Field(default=None, max_length=8)
     default_plan: str = Field(default="standard-3m", max_length=64)
     phone: str | None = Field(default=None, max_length=32)
     email: str | None = Field(default=None, max_length=320)  # shown to clients with the phone

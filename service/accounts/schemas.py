@@ -19,6 +19,12 @@ class OfficeCreate(BaseModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True)] = Field(min_length=1, max_length=200)
     timezone: TimeZoneName = "Asia/Tokyo"
     closed_days: list[str] | None = Field(default=None, max_length=400)
+    holiday_country: str = Field(
+        default="JP", pattern=r"^[A-Z]{2}$", description="whose public holidays and weekend (ISO 3166-1, e.g. JP, US)"
+    )
+    holiday_subdivision: str | None = Field(
+        default=None, pattern=r"^[A-Z0-9]{1,8}$", description="a region with its own holidays (e.g. NY for a US office)"
+    )
     default_plan: str = Field(default="standard-3m", max_length=64)
     phone: OptionalPhone = None
 
@@ -38,6 +44,8 @@ class OfficePublic(BaseModel):
     name: str
     timezone: str
     closed_days: list[str]
+    holiday_country: str
+    holiday_subdivision: str | None
     default_plan: str
     phone: str | None
 

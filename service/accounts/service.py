@@ -14,6 +14,7 @@ from service.audit import capture as audit
 from service.audit.models import ActorType
 from service.db import utcnow
 from service.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from service.schedules.calendar import DEFAULT_COUNTRY, check_holiday_region
 from service.security import check_password_strength, hash_password, verify_password
 from service.validation import parse_email, parse_timezone
 
@@ -24,6 +25,8 @@ def create_office(
     name: str,
     timezone: str = "Asia/Tokyo",
     closed_days: list[str] | None = None,
+    holiday_country: str = DEFAULT_COUNTRY,
+    holiday_subdivision: str | None = None,
     default_plan: str = "standard-3m",
     phone: str | None = None,
     known_plans: set[str] | None = None,
@@ -32,6 +35,8 @@ def create_office(
         parse_timezone(timezone)
     except ValueError as exc:
         raise ValidationFailed.one("timezone", str(exc)) from exc
+    if wrong := check_holiday_region(holiday_country, holiday_subdivision):
+        raise ValidationFailed([FieldError(field, message) for field, message in wrong])
     if known_plans is not None and default_plan not in known_plans:
         raise ValidationFailed.one(
             "default_plan", f"no plan named {default_plan!r}; known: {', '.join(sorted(known_plans))}"
@@ -42,6 +47,8 @@ def create_office(
         name=name,
         timezone=timezone,
         closed_days=list(DEFAULT_CLOSED_DAYS if closed_days is None else closed_days),
+        holiday_country=holiday_country,
+        holiday_subdivision=holiday_subdivision,
         default_plan=default_plan,
         phone=phone,
     )

@@ -43,7 +43,7 @@ EARLIEST_START = date(2000, 1, 1)
 
 
 def office_calendar(office: Office) -> BusinessCalendar:
-    return BusinessCalendar(office.closed_days)
+    return BusinessCalendar(office.closed_days, office.holiday_country, office.holiday_subdivision)
 
 
 def office_today(office: Office, clock: Clock) -> date:

@@ -1,4 +1,6 @@
-"""The office's business calendar: weekends, Japanese public holidays and office closed days.
+"""The office's business calendar: its country's weekend and public holidays (Japan's unless the
+office says otherwise, from the ``holidays`` package, a region too: a US state, a German Land)
+and the office's own closed days.
 
 Worker tasks (calls, visits, meetings) land on business days; automated messages do not need
 to, they wait for quiet hours instead.
@@ -22,13 +24,32 @@ def add_months(start: date, months: int) -> date:
     return date(year, month, day)
 
 
-@lru_cache(maxsize=64)
-def _japan_holidays(year: int) -> frozenset[date]:
-    return frozenset(holidays.country_holidays("JP", years=year).keys())
+DEFAULT_COUNTRY = "JP"
 
 
-def holiday_name(day: date, language: str = "ja") -> str | None:
-    names = holidays.country_holidays("JP", years=day.year, language=language)
+def check_holiday_region(country: str, subdivision: str | None) -> list[tuple[str, str]]:
+    """What is wrong with a country (ISO 3166-1 alpha-2) and optional subdivision, as
+    (field, message) pairs; empty when the ``holidays`` package knows them."""
+    supported = holidays.list_supported_countries()
+    if country not in supported:
+        return [("holiday_country", f"no public holidays known for {country!r}; use an ISO code such as JP or US")]
+    if subdivision is not None and subdivision not in supported[country]:
+        known = ", ".join(supported[country][:12]) or "none"
+        return [("holiday_subdivision", f"{country} has no subdivision {subdivision!r} (known: {known}...)")]
+    return []
+
+
+@lru_cache(maxsize=256)
+def _closed(country: str, subdivision: str | None, year: int) -> tuple[frozenset[date], frozenset[int]]:
+    """The year's public holidays and the weekend's weekday numbers (Saturday 5, Sunday 6)."""
+    h = holidays.country_holidays(country, subdiv=subdivision, years=year)
+    return frozenset(h.keys()), frozenset(h.weekend)
+
+
+def holiday_name(
+    day: date, language: str = "ja", country: str = DEFAULT_COUNTRY, subdivision: str | None = None
+) -> str | None:
+    names = holidays.country_holidays(country, subdiv=subdivision, years=day.year, language=language)
     return names.get(day)
 
 
@@ -49,7 +70,10 @@ def parse_closed_day(spec: str) -> tuple[int | None, int, int]:
 
 
 class BusinessCalendar:
-    def __init__(self, closed_days: Iterable[str] = ()) -> None:
+    def __init__(
+        self, closed_days: Iterable[str] = (), country: str = DEFAULT_COUNTRY, subdivision: str | None = None
+    ) -> None:
+        self.country, self.subdivision = country, subdivision
         self._recurring: set[tuple[int, int]] = set()
         self._once: set[date] = set()
         for spec in closed_days:
@@ -60,9 +84,10 @@ class BusinessCalendar:
                 self._once.add(date(year, month, day))
 
     def is_business_day(self, day: date) -> bool:
+        public_holidays, weekend = _closed(self.country, self.subdivision, day.year)
         return not (
-            day.weekday() >= 5
-            or day in _japan_holidays(day.year)
+            day.weekday() in weekend
+            or day in public_holidays
             or (day.month, day.day) in self._recurring
             or day in self._once
         )

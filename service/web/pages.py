@@ -459,11 +459,12 @@ def _preview_steps(session: Session, user: StaffUser, plans, placement: Placemen
                 client=client, has_family=False,
             ) if s.step.needs_consent else None
         )  # fmt: skip
+        moved = holiday_name(planned, lang, cal.country, cal.subdivision) if planned != s.due_date else None
         rows.append(
             {
                 "due": s.due_date,
                 "planned": planned,
-                "moved_because": holiday_name(planned, lang) if planned != s.due_date else None,
+                "moved_because": moved,
                 "action": action_text(kind=s.step.kind, channel=s.step.channel, party=s.step.party, language=lang),
                 "automated": s.step.automated,
                 "skipped": block,

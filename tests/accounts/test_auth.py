@@ -72,6 +72,21 @@ def test_only_admins_create_offices_and_users(api):
     assert token(api.http, "new@c.example.jp", "long enough password").status_code == 200
 
 
+def test_an_office_names_whose_public_holidays_it_keeps(api):
+    ny = {"name": "Office NY", "timezone": "America/New_York", "holiday_country": "US", "holiday_subdivision": "NY"}
+    made = api.ok(api.post("a.admin", "/api/v1/offices", ny), 201)
+    assert (made["holiday_country"], made["holiday_subdivision"]) == ("US", "NY")
+    assert api.ok(api.post("a.admin", "/api/v1/offices", {"name": "Office JP"}), 201)["holiday_country"] == "JP"
+    for body, field in [
+        ({"holiday_country": "XX"}, "holiday_country"),  # no such country
+        ({"holiday_country": "us"}, "holiday_country"),  # ISO codes are upper case
+        ({"holiday_country": "US", "holiday_subdivision": "ZZ"}, "holiday_subdivision"),
+    ]:
+        r = api.post("a.admin", "/api/v1/offices", {"name": "Office X", **body})
+        assert r.status_code == 422, r.text
+        assert any(e["loc"][-1] == field for e in r.json()["detail"]), r.json()
+
+
 def test_offices_visible_to_non_admins_are_their_own(api):
     page = api.ok(api.get("a.worker", "/api/v1/offices"))
     assert [o["id"] for o in page["items"]] == [api.world.office_a]

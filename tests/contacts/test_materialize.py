@@ -210,6 +210,34 @@ def test_office_closed_days_are_honoured(api, factory):
     assert rows[6]["due_date"] == "2026-05-28"  # automated e-mail on a closed day: kept
 
 
+def test_an_office_keeps_its_own_countrys_holidays(api, factory):
+    """An office set to New York's holidays works through Golden Week and closes for Thanksgiving."""
+    from service.accounts.models import Office
+    from service.db import session_scope
+
+    with session_scope(factory) as s:
+        office = s.get(Office, api.world.office_a)
+        office.holiday_country, office.holiday_subdivision = "US", "NY"
+        s.add(office)
+    golden = plan_rows(
+        api.follow_ups("a.worker", api.placement(start="2026-04-28", client=api.client(**ALL_CONSENT))["id"])
+    )
+    assert golden[0]["due_date"] == "2026-04-29"  # Showa Day is a working day in New York
+    assert golden[2]["due_date"] == "2026-05-05"  # and so is Children's Day
+    autumn = plan_rows(
+        api.follow_ups("a.worker", api.placement(start="2026-11-25", client=api.client(**ALL_CONSENT))["id"])
+    )
+    assert autumn[0]["due_date"] == "2026-11-27"  # day 1 = Thanksgiving (Thu 11/26) -> Fri
+    with session_scope(factory) as s:  # back to Japan's: the same start lands on Labour Thanksgiving Day's week
+        office = s.get(Office, api.world.office_a)
+        office.holiday_country, office.holiday_subdivision = "JP", None
+        s.add(office)
+    japan = plan_rows(
+        api.follow_ups("a.worker", api.placement(start="2026-11-25", client=api.client(**ALL_CONSENT))["id"])
+    )
+    assert japan[0]["due_date"] == "2026-11-26"  # an ordinary Thursday in Japan
+
+
 # ------------------------------------------------------------------ consent
 
 
