@@ -7,8 +7,12 @@ a mock of Twilio's own OpenAPI description. Twilio's error codes decide retry or
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 import time
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
 
 import requests
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -26,6 +30,7 @@ from service.contacts.messaging.ports import (
 )
 
 TWILIO_API = "https://api.twilio.com"
+T = TypeVar("T")
 
 # Twilio error codes that no retry can fix, in plain words for the worker.
 PERMANENT = {
@@ -49,25 +54,67 @@ def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
 
 
 class _Pacer:
-    """At most ``rate`` requests per second as Twilio sees them: one request at a time, each
-    started at least 1/rate after the previous one ended. (Spacing only the starts is not enough:
-    a slow first request arrives late and the next one right behind it.)"""
+    """One sender's pace: at most one request per ``interval`` as Twilio sees them arrive.
 
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._free_at = 0.0
-        self._lock = asyncio.Lock()
+    Why each request starts ``interval`` after the previous one *ended* (not started): we cannot
+    know when a request reached Twilio, only that it was somewhere between its start and its end
+    (Twilio answered, so it had it). Spacing the starts alone is not enough: a slow first request
+    (a new TLS connection) arrives late and the next one right behind it. So one request at a
+    time, and the next may start ``interval`` after the previous answer: then its arrival is at
+    least ``interval`` after the previous arrival whatever the latency. The cost is one round trip
+    per message on top of the interval (milliseconds on loopback, more to Twilio's API across the
+    Pacific). Anything tighter has to assume how the latency splits between the two ways.
 
-    @asynccontextmanager
-    async def slot(self):
-        async with self._lock:
-            delay = self._free_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    Shared by every adapter of the process (Twilio counts per sender, not per client object) and
+    safe across event loops and threads (``run_job`` starts a loop per tick): a thread lock marks
+    the request in flight; each event loop queues its own waiters in order on an asyncio lock.
+    The HTTP request runs in a worker thread, which marks the end itself: a cancelled sender
+    (shutdown) cannot free the slot while its request may still be on its way.
+    Processes do not share it: two scheduler processes sending from one sender can together
+    exceed its rate.
+    """
+
+    def __init__(self) -> None:
+        self._in_flight = threading.Lock()
+        self._free_at = 0.0  # time.monotonic() from which the next request may start
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+    async def send(self, interval: float, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (blocking: an HTTP request) in a worker thread when this sender's turn comes."""
+        loop = asyncio.get_running_loop()
+        with _REGISTRY_LOCK:
+            for closed in [other for other in self._queues if other.is_closed()]:  # a bound lock holds its loop
+                del self._queues[closed]
+            queue = self._queues.setdefault(loop, asyncio.Lock())
+        async with queue:
+            while not self._in_flight.acquire(blocking=False):  # another loop's request is out
+                await asyncio.sleep(0.01)
             try:
-                yield
-            finally:
-                self._free_at = time.monotonic() + self.interval
+                while (delay := self._free_at - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
+                ctx = contextvars.copy_context()
+                done = loop.run_in_executor(None, ctx.run, self._run, interval, fn)
+            except BaseException:
+                self._in_flight.release()
+                raise
+            return await asyncio.shield(done)  # cancelled or not, the thread finishes and frees the slot
+
+    def _run(self, interval: float, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        finally:
+            self._free_at = time.monotonic() + interval
+            self._in_flight.release()
+
+
+_PACERS: dict[tuple[str, ...], _Pacer] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def pacer_for(*key: str) -> _Pacer:
+    """The process's pacer for one Twilio limit: ``("sms", account, sender)`` or ``("calls", account)``."""
+    with _REGISTRY_LOCK:
+        return _PACERS.setdefault(key, _Pacer())
 
 
 class _BaseUrlClient(TwilioHttpClient):
@@ -96,7 +143,10 @@ class TwilioAdapter:
         self.client = Client(account_sid, auth_token, http_client=_BaseUrlClient(base_url, timeout))
         self.sender = sender
         self.public_url = public_url.rstrip("/")
-        self.pacer = _Pacer(rate_per_second)
+        self.interval = 1.0 / rate_per_second
+        # Twilio's limits: messages per sender (a number, or a messaging service's pool), calls per account.
+        self.sms_pacer = pacer_for("sms", account_sid, sender)
+        self.call_pacer = pacer_for("calls", account_sid)
 
     def _from(self) -> dict[str, str]:
         if self.sender.startswith("MG"):
@@ -106,14 +156,13 @@ class TwilioAdapter:
     def _callback(self, outbox_id: int) -> str:
         return f"{self.public_url}/webhooks/twilio/status?outbox_id={outbox_id}"
 
-    async def _paced(self, fn) -> Sent:
-        async with self.pacer.slot():
-            return await asyncio.to_thread(self._call, fn)
-
     async def send_sms(self, sms: Sms) -> Sent:
-        return await self._paced(
-            lambda: self.client.messages.create(
-                to=sms.to, body=sms.body, status_callback=self._callback(sms.outbox_id), **self._from()
+        return await self.sms_pacer.send(
+            self.interval,
+            lambda: self._call(
+                lambda: self.client.messages.create(
+                    to=sms.to, body=sms.body, status_callback=self._callback(sms.outbox_id), **self._from()
+                )
             ),
         )
 
@@ -121,12 +170,15 @@ class TwilioAdapter:
         sender = self.sender if not self.sender.startswith("MG") else None
         if sender is None:
             raise PermanentError("config", "calls need a phone number as the sender, not a messaging service")
-        return await self._paced(
-            lambda: self.client.calls.create(
-                to=call.to,
-                from_=sender,
-                url=call.twiml_url,
-                status_callback=self._callback(call.outbox_id),
+        return await self.call_pacer.send(
+            self.interval,
+            lambda: self._call(
+                lambda: self.client.calls.create(
+                    to=call.to,
+                    from_=sender,
+                    url=call.twiml_url,
+                    status_callback=self._callback(call.outbox_id),
+                )
             ),
         )
 
