@@ -140,6 +140,21 @@ class Employer(SQLModel, table=True):
 
 
 class Placement(SQLModel, table=True):
+    # Retention (service/outcomes/retention.py): the office's placements by start date with
+    # every group key, and the office's clients in order (who has several placements).
+    __table_args__ = (
+        sa.Index(
+            "ix_placement_retention",
+            "office_id",
+            "start_date",
+            "worker_id",
+            "employer_id",
+            "employment_type",
+            "client_id",
+        ),
+        sa.Index("ix_placement_office_client", "office_id", "client_id", "start_date"),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     office_id: int = Field(foreign_key="office.id", index=True)
     client_id: int = Field(foreign_key="client.id", index=True)
@@ -157,6 +172,8 @@ class Placement(SQLModel, table=True):
 
 
 class Separation(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_separation_retention", "office_id", "date", "placement_id"),)  # retention
+
     id: int | None = Field(default=None, primary_key=True)
     office_id: int = Field(foreign_key="office.id", index=True)
     placement_id: int = Field(foreign_key="placement.id", sa_column_kwargs={"unique": True})

@@ -30,18 +30,29 @@ Definitions (every number the API, the CLI and the pages show comes from here):
   each point: the number at risk, events, censored, and the 95% confidence band by the
   exponential ("log-log") Greenwood formula, as ``lifelines.KaplanMeierFitter`` computes it.
 
-How it is computed. Every count is an SQL aggregate over the office's placements, one pass per
-measure (``COUNT(*) FILTER (WHERE ...)`` per N); Python only turns the grouped counts into rates
-and walks the distinct durations of the curve. Calendar months never need per-row arithmetic for
-maturity: "N-month date on or before ``as_of``" is "start on or before :func:`month_cutoff`", a
-date computed once per report with ``service.schedules.calendar.add_months``. The one per-row
-comparison left, "end after the N-month date", is :class:`sql_after_months`, compiled per
-dialect: PostgreSQL's ``date + interval 'N months'`` (which clamps to the month's end), and on
-SQLite integer arithmetic on the ISO text (see its docstring for why that is exact). Spells are
-built with window functions (a running ``MAX`` of the ends for the gaps-and-islands walk, a
-running ``SUM`` to number the spells) over the placements of clients with more than one; a
-client's only placement is its own spell. The tests check all of this against DuckDB, a Python
-walk with ``dateutil`` and ``add_months`` on month ends and leap days.
+How it is computed. Every count is an SQL aggregate (``COUNT(*) FILTER (WHERE ...)`` per N,
+grouped by key, in :func:`_tally`); Python only adds and subtracts these grouped counts, turns
+them into rates and walks the distinct durations of the curve. Calendar months never need
+per-row arithmetic for maturity: "N-month date on or before ``as_of``" is "start on or before
+:func:`month_cutoff`", a date computed once per report with
+``service.schedules.calendar.add_months``. The one per-row comparison left, "end after the
+N-month date", is :class:`sql_after_months`, compiled per dialect: PostgreSQL's ``date +
+interval 'N months'`` (which clamps to the month's end), and on SQLite integer arithmetic on the
+ISO text (see its docstring for why that is exact), on keys computed once per row
+(:class:`sql_month_key`).
+
+Job retention is one pass over the placements and their separations on PostgreSQL. On SQLite,
+where every per-row expression costs, it is two cheaper ones (:func:`_all_placements`): every
+placement counted as if still employed (then it is eligible and retained exactly when mature)
+from ranges of start dates of an index, no per-row comparison at all; then, from the placements
+separated by ``as_of`` only (a fraction, read from the separations' index), what that overstates:
+per N, those mature but not eligible or not retained by the definition. Employment retention
+starts from the same counts under the spell rule, every placement a spell of its own, then takes
+away the placements of clients with more than one and adds their spells instead, built with
+window functions (a running ``MAX`` of the ends for the gaps-and-islands walk, a running ``SUM``
+to number the spells) over those placements only. The tests check all of this against DuckDB, a
+Python walk with ``dateutil`` and ``add_months`` on month ends and leap days, on SQLite and
+PostgreSQL.
 
 Scope: an office sees only its own placements. The API allows managers and admins (workers get
 403): the numbers are about every worker's caseload, and managers decide staffing from them.
@@ -60,6 +71,7 @@ from statistics import NormalDist
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.selectable import Alias
 from sqlmodel import Session
 
 from service.accounts.models import Office, StaffUser
@@ -169,8 +181,40 @@ def _month_key_sqlite(day: str) -> str:
 @compiles(sql_after_months, "sqlite")
 def _after_months_sqlite(element, compiler, **kw):
     later_c, earlier_c, months_c = element.clauses
-    later, earlier, n = compiler.process(later_c, **kw), compiler.process(earlier_c, **kw), int(months_c.name)
-    return f"(({_month_key_sqlite(later)} - {_month_key_sqlite(earlier)}) > {100 * n})"
+
+    def key(clause) -> str:
+        sql = compiler.process(clause, **kw)
+        return sql if isinstance(clause.type, MonthKey) else _month_key_sqlite(sql)
+
+    return f"(({key(later_c)} - {key(earlier_c)}) > {100 * int(months_c.name)})"
+
+
+class MonthKey(sa.TypeDecorator[date]):
+    """The type of :class:`sql_month_key` (only ever compared in SQL, never read or written)."""
+
+    impl = sa.Date
+    cache_ok = True
+
+
+class sql_month_key(FunctionElement):  # noqa: N801
+    """A date as :class:`sql_after_months` compares it: ``K(d)`` on SQLite, the date itself on
+    PostgreSQL. Selected once per row in a subquery and given to ``sql_after_months`` (directly
+    or through :func:`retained_at`'s ``keys``), it spares SQLite computing ``K`` (six calls of
+    its text functions) again in every count that compares an end."""
+
+    type = MonthKey()
+    name = "month_key"
+    inherit_cache = True
+
+
+@compiles(sql_month_key, "postgresql")
+def _month_key_pg(element, compiler, **kw):
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(sql_month_key, "sqlite")
+def _month_key(element, compiler, **kw):
+    return _month_key_sqlite(compiler.process(element.clauses, **kw))
 
 
 class sql_days_between(FunctionElement):  # noqa: N801
@@ -218,49 +262,75 @@ _s = Separation.__table__
 _c = Client.__table__
 
 
-def _group_key(by: Grouping):
+class _ByStartDate(Alias):
+    """The placements read through ``ix_placement_retention`` (migration 0008): by office and
+    start date, with every group key, so a range of start dates is counted from the index alone.
+    SQLite's planner would rather walk the group key's own index (to skip sorting) and read every
+    row from the table, more than half again as slow; ``INDEXED BY`` also makes the statement
+    fail, rather than slow down, should the index go."""
+
+    inherit_cache = True
+
+
+@compiles(_ByStartDate)
+def _by_start_date(element, compiler, **kw):
+    return compiler.visit_alias(element, **kw)
+
+
+@compiles(_ByStartDate, "sqlite")
+def _by_start_date_sqlite(element, compiler, **kw):
+    sql = compiler.visit_alias(element, **kw)
+    return f"{sql} INDEXED BY ix_placement_retention" if kw.get("asfrom") else sql
+
+
+_p_by_start = _ByStartDate._construct(_p, name="placement_by_start")
+
+
+def _group_key(by: Grouping, p=_p):
     return {
-        Grouping.office: _p.c.office_id,
-        Grouping.worker: _p.c.worker_id,
-        Grouping.employer: _p.c.employer_id,
-        Grouping.employment_type: _p.c.employment_type,
+        Grouping.office: p.c.office_id,
+        Grouping.worker: p.c.worker_id,
+        Grouping.employer: p.c.employer_id,
+        Grouping.employment_type: p.c.employment_type,
         Grouping.category: _c.c.category,
-        Grouping.cohort: sql_year_month(_p.c.start_date),
+        Grouping.cohort: sql_year_month(p.c.start_date),
         Grouping.none: sa.literal("all", sa.String),
     }[by]
 
 
-def _placements(*, office_id: int, as_of: date, by: Grouping, where=None):
-    """One row per placement of the office started on or before ``as_of``: its group key,
-    start, and its end as known on ``as_of`` (the separation date, or NULL)."""
-    known_end = sa.case((_s.c.date <= as_of, _s.c.date), else_=sa.null())
-    rows = _p.outerjoin(_s, _s.c.placement_id == _p.c.id)
+def _placements(*, office_id: int, as_of: date, by: Grouping, where=None, ends: str = "known", after=None):
+    """One row per placement of the office started on or before ``as_of`` (and after ``after``,
+    if given): its group key, start, and (``ends``) its end as known on ``as_of``:
+
+    * ``"known"``: the separation date if on or before ``as_of``, else NULL (a left join);
+    * ``"none"``: no end, no join, read from ``ix_placement_retention`` alone (:func:`_everyone`);
+    * ``"ended"``: only the placements separated on or before ``as_of``, with that date, read
+      from the separations first (a fraction of the placements)."""
+    p = _p_by_start if ends == "none" else _p
+    if ends == "ended":  # from ix_separation_retention, then each placement by its id
+        rows = _s.join(p, p.c.id == _s.c.placement_id)
+        end, known = _s.c.date, [_s.c.office_id == office_id, _s.c.date <= as_of]
+    elif ends == "known":
+        rows = p.outerjoin(_s, _s.c.placement_id == p.c.id)
+        end, known = sa.case((_s.c.date <= as_of, _s.c.date), else_=sa.null()), []
+    else:
+        rows, end, known = p, None, []
     if by == Grouping.category:  # the only key that needs the client (a placement always has one)
-        rows = rows.join(_c, _c.c.id == _p.c.client_id)
-    return (
-        sa.select(
-            _p.c.id,
-            _p.c.client_id,
-            _group_key(by).label("key"),  # grouped as stored; made a string in Python (_key)
-            _p.c.start_date.label("start"),
-            known_end.label("end"),
-        )
-        .select_from(rows)
-        .where(_p.c.office_id == office_id, _p.c.start_date <= as_of, *([] if where is None else [where]))
-    )
+        rows = rows.join(_c, _c.c.id == p.c.client_id)
+    columns = [
+        p.c.id,
+        p.c.client_id,
+        _group_key(by, p).label("key"),  # grouped as stored; made a string in Python (_key)
+        p.c.start_date.label("start"),
+    ]
+    conditions = [p.c.office_id == office_id, p.c.start_date <= as_of, *known]
+    conditions += [] if after is None else [p.c.start_date > after]
+    conditions += [] if where is None else [where]
+    return sa.select(*columns, *([] if end is None else [end.label("end")])).select_from(rows).where(*conditions)
 
 
-def _spells(*, office_id: int, as_of: date, by: Grouping):
-    """One row per employment spell: the key of the placement that started it, its start and its
-    end (NULL while any of its placements is not separated).
-
-    A placement continues a spell when it starts on or before the reach (end + 1 month, for
-    ever while open) of an earlier placement of the client. Reach grows with the end, so that is
-    "on or before the reach of the latest end so far": one running ``MAX`` of the ends (open as
-    ``OPEN_END``), and the month arithmetic done once per placement after the window.
-
-    A client's only placement is a spell by itself: the walk (a sort, two windows and a grouping)
-    runs only over the placements of clients with more than one, the rest are passed through."""
+def _shares_client(*, office_id: int, as_of: date):
+    """The condition "the placement's client has more than one placement started by ``as_of``"."""
     other = _p.alias("other")
     several = (
         sa.select(other.c.client_id)
@@ -268,9 +338,21 @@ def _spells(*, office_id: int, as_of: date, by: Grouping):
         .group_by(other.c.client_id)
         .having(sa.func.count() > 1)
     )
-    shares_client = _p.c.client_id.in_(several)
-    alone = _placements(office_id=office_id, as_of=as_of, by=by, where=~shares_client).subquery("alone")
-    base = _placements(office_id=office_id, as_of=as_of, by=by, where=shares_client).subquery("placements")
+    return _p.c.client_id.in_(several)
+
+
+def _walked_spells(*, office_id: int, as_of: date, by: Grouping):
+    """One row per employment spell of the clients with more than one placement: the key of the
+    placement that started it, its start and its end (NULL while any of its placements is not
+    separated). (A client's only placement is a spell by itself: see :func:`_employment_counts`.)
+
+    A placement continues a spell when it starts on or before the reach (end + 1 month, for
+    ever while open) of an earlier placement of the client. Reach grows with the end, so that is
+    "on or before the reach of the latest end so far": one running ``MAX`` of the ends (open as
+    ``OPEN_END``), and the month arithmetic done once per placement after the window."""
+    base = _placements(
+        office_id=office_id, as_of=as_of, by=by, where=_shares_client(office_id=office_id, as_of=as_of)
+    ).subquery("placements")
     walk = {"partition_by": base.c.client_id, "order_by": (base.c.start, base.c.id)}
     latest_end_before = sa.func.max(sa.func.coalesce(base.c.end, sa.literal(OPEN_END, sa.Date))).over(
         **walk, rows=(None, -1)
@@ -296,7 +378,7 @@ def _spells(*, office_id: int, as_of: date, by: Grouping):
         sa.func.min(numbered.c.start).label("start"),
         sa.case((open_, sa.null()), else_=sa.func.max(numbered.c.end)).label("end"),
     ).group_by(numbered.c.client_id, numbered.c.spell_no)
-    return sa.union_all(sa.select(alone.c.key, alone.c.start, alone.c.end), walked)
+    return walked
 
 
 # -- retention rates ------------------------------------------------------------------------
@@ -306,16 +388,23 @@ def _rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def retained_at(start, end, *, months: int, as_of: date, spell: bool = False):
+def _mature(start, *, months: int, as_of: date):
+    """The N-month date of ``start`` is on or before ``as_of`` (see :func:`month_cutoff`)."""
+    return start <= sa.literal(month_cutoff(as_of, months), sa.Date)
+
+
+def retained_at(start, end, *, months: int, as_of: date, spell: bool = False, keys=None):
     """The definition, as two SQL conditions on a (start, end-as-known-on-as_of) row: is it
     eligible at N months (mature, and for a spell decided), and is it retained. Used by the
     rates below and by the per-placement exports (service/outcomes/exports.py).
 
     Mature ("N-month date on or before ``as_of``") is ``start <= month_cutoff(as_of, N)``, a
     plain date comparison; kept ("no end, or an end after the N-month date") is
-    :class:`sql_after_months`, the only per-row month arithmetic, needed for ended rows only."""
-    eligible = start <= sa.literal(month_cutoff(as_of, months), sa.Date)
-    kept = sa.or_(end.is_(None), sql_after_months(end, start, months))
+    :class:`sql_after_months`, the only per-row month arithmetic, needed for ended rows only.
+    ``keys``: the row's (start, end) as :class:`sql_month_key`, when a subquery has them."""
+    start_key, end_key = keys if keys is not None else (start, end)
+    eligible = _mature(start, months=months, as_of=as_of)
+    kept = sa.or_(end.is_(None), sql_after_months(end_key, start_key, months))
     if spell:
         # A spell that ended by its N-month date may still be continued by a new job
         # starting within a month of its end: undecided until that month has passed.
@@ -329,29 +418,174 @@ def _key(value) -> str:
     return value.value if isinstance(value, enum.Enum) else str(value)
 
 
-def _retention_counts(session: Session, periods, *, as_of: date, spells: bool) -> dict[str, dict]:
-    """Per key: how many started, and per N the eligible and retained counts, in one pass."""
-    t = periods.subquery("periods")
+_COUNTS = ("started", *(f"{kind}_{n}" for n in MONTHS for kind in ("mature", "eligible", "retained")))
+
+# Per key: "started" and, per N, the "mature_N", "eligible_N" and "retained_N" counts.
+Tally = dict[str, dict[str, int]]
+
+
+def _rows(kind: str, *, office_id: int, as_of: date, by: Grouping):
+    """The rows counted: the office's placements ("placements", ends as known), those separated
+    by ``as_of`` ("separated"), those of clients with several ("several", ends as known) and
+    these clients' walked spells ("walked"); each row with its month keys, computed once (OFFSET
+    0 keeps the subquery apart, where the databases would otherwise inline it and compute the
+    keys again in each count that compares an end)."""
+    if kind == "placements":
+        rows = _placements(office_id=office_id, as_of=as_of, by=by)
+    elif kind == "separated":
+        rows = _placements(office_id=office_id, as_of=as_of, by=by, ends="ended")
+    elif kind == "several":
+        shared = _shares_client(office_id=office_id, as_of=as_of)
+        rows = _placements(office_id=office_id, as_of=as_of, by=by, where=shared)
+    else:
+        rows = _walked_spells(office_id=office_id, as_of=as_of, by=by)
+    t = rows.subquery("periods")
+    keys = sql_month_key(t.c.start).label("start_key"), sql_month_key(t.c.end).label("end_key")
+    return sa.select(t.c.key, t.c.start, t.c.end, *keys).offset(0).subquery("keyed")
+
+
+# The statements are built once per office, day and grouping (and kept: building one costs about
+# as much as SQLite running it on a few thousand placements); the numbers are read anew each time.
+@lru_cache(maxsize=256)
+def _tally_statement(kind: str, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]):
+    t = _rows(kind, office_id=office_id, as_of=as_of, by=by)
     columns = [t.c.key, sa.func.count().label("started")]
     for n in MONTHS:
-        eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spells)
-        columns += [
-            sa.func.count().filter(eligible).label(f"eligible_{n}"),
-            sa.func.count().filter(retained).label(f"retained_{n}"),
-        ]
-    rows = session.execute(sa.select(*columns).group_by(t.c.key)).mappings().all()
-    return {_key(r["key"]): dict(r) for r in rows}
+        columns.append(sa.func.count().filter(_mature(t.c.start, months=n, as_of=as_of)).label(f"mature_{n}"))
+        for i, spell in enumerate(rules):
+            keys = (t.c.start_key, t.c.end_key)
+            eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spell, keys=keys)
+            if spell:  # a job is eligible exactly when mature (retained_at): no second count
+                columns.append(sa.func.count().filter(eligible).label(f"eligible_{n}_{i}"))
+            columns.append(sa.func.count().filter(retained).label(f"retained_{n}_{i}"))
+    return sa.select(*columns).group_by(t.c.key)
 
 
-def _groups(counts: dict[str, dict], labels: dict[str, str]) -> list[RetentionGroup]:
+def _tally(
+    session: Session, kind: str, *, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...] = (True,)
+) -> list[Tally]:
+    """Per key of the rows (:func:`_rows`): how many, and per N how many are mature, eligible and
+    retained (:func:`retained_at`), in one pass; one tally per rule (``False``: job retention,
+    ``True``: spells)."""
+    tallies: list[Tally] = [{} for _ in rules]
+    for r in session.execute(_tally_statement(kind, office_id, as_of, by, rules)).mappings():
+        for i, spell in enumerate(rules):
+            counts = {"started": r["started"]}
+            for n in MONTHS:
+                counts[f"mature_{n}"] = r[f"mature_{n}"]
+                counts[f"eligible_{n}"] = r[f"eligible_{n}_{i}"] if spell else r[f"mature_{n}"]
+                counts[f"retained_{n}"] = r[f"retained_{n}_{i}"]
+            tallies[i][_key(r["key"])] = counts
+    return tallies
+
+
+@lru_cache(maxsize=256)
+def _shortfall_statement(office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]):
+    t = _rows("separated", office_id=office_id, as_of=as_of, by=by)
+    columns = [t.c.key]
+    for n in MONTHS:
+        mature = _mature(t.c.start, months=n, as_of=as_of)
+        for i, spell in enumerate(rules):
+            keys = (t.c.start_key, t.c.end_key)
+            eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spell, keys=keys)
+            if spell:  # a job is eligible exactly when mature (retained_at): never short
+                columns.append(sa.func.count().filter(sa.and_(mature, sa.not_(eligible))).label(f"eligible_{n}_{i}"))
+            columns.append(sa.func.count().filter(sa.and_(mature, sa.not_(retained))).label(f"retained_{n}_{i}"))
+    return sa.select(*columns).group_by(t.c.key)
+
+
+def _shortfall(session: Session, *, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]) -> list[Tally]:
+    """Per key, of the placements separated by ``as_of`` (their end known, never NULL): per N, how
+    many are mature but not eligible, and mature but not retained (:func:`retained_at`), which
+    is what counting them as still employed overstates; one tally per rule, as :func:`_tally`."""
+    tallies: list[Tally] = [{} for _ in rules]
+    for r in session.execute(_shortfall_statement(office_id, as_of, by, rules)).mappings():
+        for i, spell in enumerate(rules):
+            names = ("eligible", "retained") if spell else ("retained",)
+            tallies[i][_key(r["key"])] = {f"{name}_{n}": r[f"{name}_{n}_{i}"] for n in MONTHS for name in names}
+    return tallies
+
+
+def _combine(*parts: tuple[int, Tally]) -> Tally:
+    """Tallies added (+1) and taken away (-1) per key; keys left with nothing started go."""
+    total: Tally = {}
+    for sign, part in parts:
+        for key, counts in part.items():
+            into = total.get(key) or total.setdefault(key, dict.fromkeys(_COUNTS, 0))
+            for name, value in counts.items():
+                into[name] += sign * value
+    return {key: counts for key, counts in total.items() if counts["started"]}
+
+
+@lru_cache(maxsize=256)
+def _everyone_statement(office_id: int, as_of: date, by: Grouping):
+    """The statement of :func:`_everyone` and, per interval it counts, the counts it adds to."""
+    cutoffs = {n: month_cutoff(as_of, n) for n in MONTHS}
+    uppers = sorted({*cutoffs.values(), as_of})
+    parts, adds_to = [], []
+    for i, upper in enumerate(uppers):
+        after = uppers[i - 1] if i else None
+        rows = _placements(office_id=office_id, as_of=upper, by=by, after=after, ends="none").subquery(f"part_{i}")
+        parts.append(sa.select(sa.literal(i).label("part"), rows.c.key, sa.func.count()).group_by(rows.c.key))
+        mature = [n for n, cutoff in cutoffs.items() if upper <= cutoff]
+        adds_to.append(("started", *(f"{kind}_{n}" for n in mature for kind in ("mature", "eligible", "retained"))))
+    return sa.union_all(*parts), tuple(adds_to)
+
+
+def _everyone(session: Session, *, office_id: int, as_of: date, by: Grouping) -> Tally:
+    """Every placement counted as still employed (eligible and retained exactly when mature):
+    per key, how many started in each interval between the cut-offs, a range of
+    ``ix_placement_retention`` each, read with no per-row comparison. Mature at N is the sum of
+    the intervals up to N's cut-off."""
+    statement, adds_to = _everyone_statement(office_id, as_of, by)
+    out: Tally = {}
+    for part, key, count in session.execute(statement):
+        k = _key(key)
+        counts = out.get(k) or out.setdefault(k, dict.fromkeys(_COUNTS, 0))
+        for name in adds_to[part]:
+            counts[name] += count
+    return out
+
+
+def _all_placements(session: Session, *, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]):
+    """Tallies of all the office's placements (each a spell of its own under the spell rule),
+    one per rule. PostgreSQL counts them in one pass over the placements and their separations.
+    SQLite, where each per-row expression costs, counts every placement as still employed from
+    ranges of an index (:func:`_everyone`), then takes away what that overstates for the
+    separated ones (:func:`_shortfall`, a fraction of the placements)."""
+    if session.get_bind().dialect.name != "sqlite":
+        return _tally(session, "placements", office_id=office_id, as_of=as_of, by=by, rules=rules)
+    everyone = _everyone(session, office_id=office_id, as_of=as_of, by=by)
+    shortfalls = _shortfall(session, office_id=office_id, as_of=as_of, by=by, rules=rules)
+    return [_combine((1, everyone), (-1, shortfall)) for shortfall in shortfalls]
+
+
+def _job_counts(session: Session, *, office_id: int, as_of: date, by: Grouping) -> Tally:
+    """Job retention per key."""
+    (jobs,) = _all_placements(session, office_id=office_id, as_of=as_of, by=by, rules=(False,))
+    return jobs
+
+
+def _employment_counts(session: Session, *, office_id: int, as_of: date, by: Grouping, alone=None) -> Tally:
+    """Employment retention per key: every placement as a spell of its own (``alone``, from
+    :func:`_all_placements` by the spell rule), then the placements of clients with several taken
+    away and their walked spells (:func:`_walked_spells`) added instead."""
+    if alone is None:
+        (alone,) = _all_placements(session, office_id=office_id, as_of=as_of, by=by, rules=(True,))
+    (several,) = _tally(session, "several", office_id=office_id, as_of=as_of, by=by)
+    (walked,) = _tally(session, "walked", office_id=office_id, as_of=as_of, by=by)
+    return _combine((1, alone), (-1, several), (1, walked))
+
+
+def _groups(counts: Tally, labels: dict[str, str]) -> list[RetentionGroup]:
     groups = []
     for key in sorted(counts, key=_sort_key):
         r = counts[key]
         months = {}
         for n in MONTHS:
-            eligible, retained = int(r[f"eligible_{n}"] or 0), int(r[f"retained_{n}"] or 0)
+            eligible, retained = r[f"eligible_{n}"], r[f"retained_{n}"]
             months[str(n)] = RetentionCell(eligible=eligible, retained=retained, rate=_rate(retained, eligible))
-        groups.append(RetentionGroup(key=key, label=labels.get(key, key), started=int(r["started"]), months=months))
+        groups.append(RetentionGroup(key=key, label=labels.get(key, key), started=r["started"], months=months))
     return groups
 
 
@@ -384,8 +618,8 @@ def retention(
     language: str = "ja",
 ) -> RetentionReport:
     """Job and employment retention at 1, 3, 6 and 12 months, per group, as of ``as_of``."""
-    jobs = _retention_counts(session, _placements(office_id=office_id, as_of=as_of, by=by), as_of=as_of, spells=False)
-    employment = _retention_counts(session, _spells(office_id=office_id, as_of=as_of, by=by), as_of=as_of, spells=True)
+    jobs, alone = _all_placements(session, office_id=office_id, as_of=as_of, by=by, rules=(False, True))
+    employment = _employment_counts(session, office_id=office_id, as_of=as_of, by=by, alone=alone)
     labels = _labels(session, office_id=office_id, by=by, keys=set(jobs) | set(employment), language=language)
     return RetentionReport(
         as_of=as_of,

@@ -15,7 +15,14 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.outcomes.retention import MONTHS, SPELL_GAP_MONTHS, month_cutoff, retained_at, sql_after_months
+from service.outcomes.retention import (
+    MONTHS,
+    SPELL_GAP_MONTHS,
+    month_cutoff,
+    retained_at,
+    sql_after_months,
+    sql_month_key,
+)
 from service.schedules.calendar import add_months
 
 NS = sorted({*MONTHS, SPELL_GAP_MONTHS, 2, 24})
@@ -98,6 +105,28 @@ def test_after_months_is_unknown_without_an_end(engine):
     condition = sql_after_months(sa.null(), sa.literal(date(2028, 1, 31), sa.Date), 1)
     with engine.connect() as conn:
         assert conn.execute(sa.select(condition)).scalar() is None
+
+
+def test_after_months_on_month_keys_from_a_subquery_equals_it_on_dates(engine):
+    # The counts select each row's month keys once in a subquery (sql_month_key) and compare
+    # those columns: the same answers as on the dates themselves.
+    pairs = _pairs()
+    got = []
+    with engine.connect() as conn:
+        for i in range(0, len(pairs), 200):
+            chunk = pairs[i : i + 200]
+            keys = sa.select(
+                *(
+                    sql_month_key(sa.literal(day, sa.Date)).label(f"{side}{j}")
+                    for j, (later, earlier, _) in enumerate(chunk)
+                    for side, day in (("later", later), ("earlier", earlier))
+                )
+            ).subquery()
+            conditions = [
+                sql_after_months(keys.c[f"later{j}"], keys.c[f"earlier{j}"], n) for j, (*_, n) in enumerate(chunk)
+            ]
+            got += [bool(v) for v in conn.execute(sa.select(*[sa.case((c, 1), else_=0) for c in conditions])).one()]
+    assert got == [later > add_months(earlier, n) for later, earlier, n in pairs]
 
 
 def _python_rule(start: date, end: date | None, n: int, as_of: date, spell: bool) -> tuple[bool, bool]:
