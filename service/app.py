@@ -94,12 +94,13 @@ def create_app(
         redoc_url=None,
     )
     if public:
+        # First: routes are matched in order, and Twilio's webhooks are the busiest (issue 7, (4)).
+        app.include_router(answer_router)
         app.include_router(accounts_router)
         app.include_router(contacts_router)
         app.include_router(outcomes_router)
         app.include_router(crisis_router)
         app.include_router(program_router)
-        app.include_router(answer_router)
         app.include_router(reports_router)
         app.include_router(audit_router)
         app.include_router(exports_router)

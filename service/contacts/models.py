@@ -94,7 +94,8 @@ class Client(SQLModel, table=True):
     ref: str | None = Field(default=None, max_length=64)  # the office's own reference number
     name: str = Field(max_length=200)
     kana: str | None = Field(default=None, max_length=200)
-    phone: str | None = Field(default=None, max_length=32)  # E.164
+    # E.164; indexed: every inbound SMS finds its sender by it (service/outcomes/answers.py)
+    phone: str | None = Field(default=None, max_length=32, index=True)
     email: str | None = Field(default=None, max_length=320)
     address: str | None = Field(default=None, max_length=500)
     language: Language = Field(default=Language.ja, sa_type=StrEnumType(Language))

@@ -12,6 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
@@ -26,6 +28,7 @@ from service.contacts.messaging.models import (
 from service.contacts.messaging.outbox import Messaging, display_phone, hand_to_worker, stop_automated
 from service.contacts.messaging.twilio_adapter import PERMANENT
 from service.contacts.models import Client
+from service.db import session_scope
 from service.deps import ClockDep, SessionDep
 from service.outcomes import answers
 from service.web import i18n
@@ -191,12 +194,21 @@ def _xml(body: str) -> Response:
 
 
 @router.post("/webhooks/twilio/sms")
-def inbound_sms(form: TwilioForm, session: SessionDep, messaging: MessagingDep, clock: ClockDep):
+async def inbound_sms(request: Request, form: TwilioForm) -> Response:
+    """The signature is checked and the form read on the event loop; the database work runs in one
+    thread of the pool, in one transaction committed before Twilio hears 200 (a 200 means kept)."""
     sid, sender, body = form.get("MessageSid"), form.get("From"), form.get("Body", "")
     if not sid or not sender or len(sid) > 200 or len(body) > 2000:
         raise HTTPException(422, "MessageSid, From and Body are required")
-    answers.handle_sms(session, messaging=messaging, message_sid=sid, from_phone=sender, body=body, clock=clock)
+    await run_in_threadpool(_record_sms, request.app.state, sid, sender, body)
     return _xml(EMPTY_TWIML)
+
+
+def _record_sms(state: State, sid: str, sender: str, body: str) -> None:
+    with session_scope(state.session_factory) as session:
+        answers.handle_sms(
+            session, messaging=state.messaging, message_sid=sid, from_phone=sender, body=body, clock=state.clock
+        )
 
 
 def _voice_row(session: Session, outbox_id: int) -> tuple[OutboxMessage, Office, Client]:

@@ -1,20 +1,28 @@
 """Answers from clients and employers become outcomes on their follow-ups.
 
-Each answer is recorded once: an ``inbound_message`` row keyed by the provider's id
-(MessageSid, CallSid, or ``link:<outbox id>`` for a reply link) is written first, inside a
-savepoint, and a second delivery of the same id finds it and changes nothing.
+Each answer is recorded once: its ``inbound_message`` row is keyed by the provider's id
+(MessageSid, CallSid, or ``link:<outbox id>`` for a reply link) and written once, with
+``INSERT ... ON CONFLICT (provider_id) DO NOTHING`` (no read before it): a second delivery of the
+same id, even a concurrent one, inserts nothing and changes nothing.
+
+An answer is a handful of statements in one transaction (Twilio posts hundreds a second at
+peak): one query finds the message answered with its follow-up, the outcome and the inbound row
+are inserted, the follow-up is closed by a conditional UPDATE, and their audit events (the same
+events the flush hook writes) go in one INSERT; then the crisis rules.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, exists, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office
+from service.audit.capture import created_changes, event_row, record_events, shown
 from service.clock import Clock
 from service.contacts.messaging.models import (
     InboundMessage,
@@ -26,13 +34,14 @@ from service.contacts.messaging.models import (
 from service.contacts.messaging.outbox import Messaging, display_phone, enqueue, resume_automated, stop_automated
 from service.contacts.messaging.replies import (
     ANSWERS,
+    DIGITS,
     EMPLOYER_ANSWERS,
     Command,
     ReplyClass,
     combine,
     command_of,
 )
-from service.contacts.models import Client, FollowUp, FollowUpStatus, Party, Placement
+from service.contacts.models import Channel, Client, FollowUp, FollowUpStatus, Party, Placement
 from service.outcomes import crisis
 from service.outcomes.models import CrisisSignalKind, CrisisSignalParty, Outcome
 
@@ -48,17 +57,37 @@ class Answered:
     command: Command | None = None
 
 
-def _claim_inbound(session: Session, row: InboundMessage) -> bool:
-    """True if this provider id is new; False if it was recorded before (even concurrently)."""
-    if session.exec(select(InboundMessage.id).where(InboundMessage.provider_id == row.provider_id)).first():
-        return False
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
+# Statements built once (with bind parameters), run on the session's connection (its transaction)
+# without the ORM: at hundreds of answers a second, building, keying and routing a statement
+# through the ORM per request costs more than running it. Nothing here goes through the flush or
+# update hooks of the audit trail: each write's event is written explicitly (``record_events``).
+_INBOUND = InboundMessage.__table__
+_INBOUND_COLUMNS = [c.name for c in _INBOUND.columns if c.name != "id"]
+_CLAIM = {
+    name: insert(_INBOUND).on_conflict_do_nothing(index_elements=["provider_id"]).returning(_INBOUND.c.id)
+    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
+def _claim_inbound(session: Session, **given: object) -> tuple[int, dict] | None:
+    """Insert the inbound row unless its provider id was recorded before (even concurrently: the
+    unique index decides, PostgreSQL's waits for the other transaction). One statement, no read
+    first; the row's columns as given, the others None. Returns its id and its "create" audit
+    event (to write with the answer's others), or None for a duplicate."""
+    values = dict.fromkeys(_INBOUND_COLUMNS) | given
+    conn = session.connection()
+    inbound_id = conn.execute(_CLAIM[conn.dialect.name], values).scalar()
+    if inbound_id is None:
+        return None
+    event = event_row(
+        session,
+        action="create",
+        record_type=_INBOUND.name,
+        record_id=inbound_id,
+        office_id=values["office_id"],
+        changes=created_changes(values),
+    )
+    return inbound_id, event
 
 
 def record_answer(
@@ -74,19 +103,34 @@ def record_answer(
     source: str,
     clock: Clock,
 ) -> Answered:
-    inbound = InboundMessage(
-        provider_id=provider_id,
-        office_id=outbox.office_id,
-        client_id=outbox.client_id,
-        outbox_id=outbox.id,
-        channel=channel,
-        from_address=from_address,
-        body=(text or None) and text[:2000],
-        received_at=clock.now(),
-    )
-    if not _claim_inbound(session, inbound):
-        return Answered(duplicate=True)
-    employer = outbox.purpose == Purpose.employer_check_in
+    """Record an answer to ``outbox`` once per ``provider_id``.
+
+    A duplicate (the provider id is recorded already, or is being recorded by a concurrent request)
+    rolls back the session's transaction: the outcome written before the inbound row (which links
+    to it) goes, and nothing of the answer stays. Call it before any other write of the request."""
+    message = Message(outbox.id, outbox.office_id, outbox.client_id, outbox.purpose)
+    target = Target(message, None, False)
+    if outbox.follow_up_id is not None:
+        found = session.connection().execute(_FOLLOW_UP, {"follow_up_id": outbox.follow_up_id}).one()
+        target = Target(message, AnsweredFollowUp(*found[:-1]), found[-1])
+    return _record(session, messaging, target, provider_id, channel, answer, text, from_address, source, clock)
+
+
+def _record(
+    session: Session,
+    messaging: Messaging,
+    target: Target,
+    provider_id: str,
+    channel: MessageChannel,
+    answer: str | None,
+    text: str | None,
+    from_address: str | None,
+    source: str,
+    clock: Clock,
+) -> Answered:
+    now = clock.now()
+    message, fu = target.message, target.follow_up
+    employer = message.purpose == Purpose.employer_check_in
     table = EMPLOYER_ANSWERS if employer else ANSWERS
     tapped: tuple[ReplyClass, str | None] = (ReplyClass.none, None)
     signals: list[str] = []
@@ -100,15 +144,110 @@ def record_answer(
     # The crisis rules weigh an employer's tapped absence or lateness themselves (its risk
     # signals); only what goes beyond it (the text, or "please call me") is a reply signal.
     crisis_cls, crisis_reason = combine(tapped if not signals else (ReplyClass.none, None), from_text)
-    outcome = _outcome(session, outbox, channel, answer, text, cls, reason, signals, source, clock.now())
-    inbound.reply_class, inbound.matched_reason = cls.name, reason
-    inbound.outcome_id = outcome.id if outcome else None
-    session.add(inbound)
-    session.flush()
-    if outcome is not None:
-        _cancel_waiting_escalations(session, outcome.follow_up_id, clock.now())
-        _to_crisis(session, outcome, crisis_cls, crisis_reason, inbound, clock)
-    return Answered(False, outcome, cls, reason)
+    events: list[dict] = []
+    outcome = None
+    if fu is not None:
+        outcome = _insert_outcome(session, fu, employer, answer, text, cls, reason, signals, source, now)
+        events.append(outcome.event)
+    claimed = _claim_inbound(
+        session,
+        provider_id=provider_id,
+        office_id=message.office_id,
+        client_id=message.client_id,
+        outbox_id=message.id,
+        channel=channel,
+        from_address=from_address,
+        body=(text or None) and text[:2000],
+        reply_class=cls.name,
+        matched_reason=reason,
+        outcome_id=outcome.row.id if outcome else None,
+        received_at=now,
+    )
+    if claimed is None:
+        session.rollback()  # the outcome written above: the first delivery has its own
+        return Answered(duplicate=True)
+    inbound_id, event = claimed
+    events.append(event)
+    if outcome is None:
+        record_events(session, events)
+        return Answered(False, None, cls, reason)
+    events += _close_follow_up(session, fu, source, now)
+    record_events(session, events)
+    if target.escalation_waiting:
+        _cancel_waiting_escalations(session, fu.id, now)
+    _to_crisis(session, outcome.row, crisis_cls, crisis_reason, inbound_id, clock)
+    return Answered(False, outcome.row, cls, reason)
+
+
+class Message(NamedTuple):
+    """What an answer needs of the outbox message it answers."""
+
+    id: int
+    office_id: int
+    client_id: int | None
+    purpose: Purpose
+
+
+class AnsweredFollowUp(NamedTuple):
+    """What an answer needs of the follow-up it closes (the old values are audited)."""
+
+    id: int
+    office_id: int
+    placement_id: int
+    party: Party
+    channel: Channel
+    status: FollowUpStatus
+    status_reason: str | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass
+class Target:
+    """The message answered, its follow-up, and whether an escalation of it waits to be sent."""
+
+    message: Message
+    follow_up: AnsweredFollowUp | None
+    escalation_waiting: bool
+
+
+def _escalation_waiting_clause():
+    other = OutboxMessage.__table__.alias("escalation")
+    return exists().where(
+        other.c.follow_up_id == FollowUp.id,
+        other.c.purpose == Purpose.escalation,
+        other.c.status == MessageStatus.queued,
+    )
+
+
+# Columns, not entities: nothing of these rows is changed through the ORM.
+_MESSAGE_COLUMNS = [getattr(OutboxMessage, name) for name in Message._fields]
+_FOLLOW_UP_COLUMNS = [getattr(FollowUp, name) for name in AnsweredFollowUp._fields]
+# An escalation of the follow-up (the check-in again by another channel) still queued.
+_ESCALATION_WAITING = _escalation_waiting_clause().label("escalation_waiting")
+_FOLLOW_UP = select(*_FOLLOW_UP_COLUMNS, _ESCALATION_WAITING).where(FollowUp.id == bindparam("follow_up_id"))
+_LATEST_SMS = (
+    select(*_MESSAGE_COLUMNS, *_FOLLOW_UP_COLUMNS, _ESCALATION_WAITING)
+    .join(Client, col(Client.id) == OutboxMessage.client_id)
+    .join(FollowUp, col(FollowUp.id) == OutboxMessage.follow_up_id)
+    .where(
+        Client.phone == bindparam("phone"),
+        OutboxMessage.channel == MessageChannel.sms,
+        col(OutboxMessage.status).in_([MessageStatus.sent, MessageStatus.delivered, MessageStatus.unknown]),
+    )
+    .order_by(col(OutboxMessage.sent_at).desc(), col(OutboxMessage.id).desc())
+    .limit(1)
+)
+
+
+def latest_sms_check_in(session: Session, phone: str) -> Target | None:
+    """The latest SMS check-in sent to a client with this phone number (the one an SMS reply
+    answers), with its follow-up, in one query."""
+    row = session.connection().execute(_LATEST_SMS, {"phone": phone}).first()
+    if row is None:
+        return None
+    n = len(Message._fields)
+    return Target(Message(*row[:n]), AnsweredFollowUp(*row[n:-1]), row[-1])
 
 
 # A reply classed urgent or emergency is a crisis signal of that kind (config/crisis_rules.toml).
@@ -119,7 +258,7 @@ _REPLY_KINDS = {
 
 
 def _to_crisis(
-    session: Session, outcome: Outcome, cls: ReplyClass, reason: str | None, inbound: InboundMessage, clock: Clock
+    session: Session, outcome: Outcome, cls: ReplyClass, reason: str | None, inbound_id: int, clock: Clock
 ) -> None:
     """The answer's outcome goes through the crisis rules as a worker's would (risk signals, the
     employer's absence or lateness, wellbeing drops, discordance); an urgent or emergency reply is
@@ -133,7 +272,7 @@ def _to_crisis(
             placement_id=outcome.placement_id,
             kind=kind,
             source_party=party,
-            source=f"reply:{inbound.id}",
+            source=f"reply:{inbound_id}",
             detail=reason,
             clock=clock,
         )
@@ -158,10 +297,28 @@ def _cancel_waiting_escalations(session: Session, follow_up_id: int, now: dateti
     )
 
 
-def _outcome(
+# An answer closes a follow-up still waiting for one; a late one (missed) too, marked late.
+_ANSWERABLE = (FollowUpStatus.pending, FollowUpStatus.missed, FollowUpStatus.attempted)
+
+
+_OUTCOME_COLUMNS = [c.name for c in Outcome.__table__.columns if c.name != "id"]
+_INSERT_OUTCOME = Outcome.__table__.insert().returning(Outcome.__table__.c.id)
+_FOLLOW_UP_TABLE = FollowUp.__table__
+_CLOSE_FOLLOW_UP = update(_FOLLOW_UP_TABLE).where(
+    _FOLLOW_UP_TABLE.c.id == bindparam("b_id"), _FOLLOW_UP_TABLE.c.status.in_(_ANSWERABLE)
+)
+
+
+@dataclass
+class _Written:
+    row: Outcome
+    event: dict
+
+
+def _insert_outcome(
     session: Session,
-    outbox: OutboxMessage,
-    channel: MessageChannel,
+    fu: AnsweredFollowUp,
+    employer: bool,
     answer: str | None,
     text: str | None,
     cls: ReplyClass,
@@ -169,15 +326,8 @@ def _outcome(
     signals: list[str],
     source: str,
     now: datetime,
-) -> Outcome | None:
-    if outbox.follow_up_id is None:
-        return None
-    fu = session.get(FollowUp, outbox.follow_up_id)
-    late = fu.status == FollowUpStatus.missed
-    if fu.status in (FollowUpStatus.pending, FollowUpStatus.missed, FollowUpStatus.attempted):
-        fu.status, fu.completed_at, fu.updated_at = FollowUpStatus.done, now, now
-        fu.status_reason = f"answered by {source}"
-        session.add(fu)
+) -> _Written:
+    """The answer's outcome, inserted by one statement; its "create" event for the caller to write."""
     note = " / ".join(p for p in (answer and answer.replace("_", " "), text) if p)
     outcome = Outcome(
         office_id=fu.office_id,
@@ -188,17 +338,56 @@ def _outcome(
         recorded_by=None,
         recorded_at=now,
         reached=True,
-        wellbeing=None if outbox.purpose == Purpose.employer_check_in else WELLBEING.get(answer or ""),
+        wellbeing=None if employer else WELLBEING.get(answer or ""),
         risk_signals=signals,
         note=note[:4000] or None,
-        late=late,
+        late=fu.status == FollowUpStatus.missed,
         source=source,
         reply_class=cls.name,
         reply_reason=reason,
     )
-    session.add(outcome)
-    session.flush()
-    return outcome
+    values = {name: getattr(outcome, name) for name in _OUTCOME_COLUMNS}
+    outcome.id = session.connection().execute(_INSERT_OUTCOME, values).scalar_one()
+    event = event_row(
+        session,
+        action="create",
+        record_type=Outcome.__tablename__,
+        record_id=outcome.id,
+        office_id=outcome.office_id,
+        changes=created_changes(values),
+    )
+    return _Written(outcome, event)
+
+
+def _close_follow_up(session: Session, fu: AnsweredFollowUp, source: str, now: datetime) -> list[dict]:
+    """Done, by a conditional UPDATE (a worker's outcome may have closed it meanwhile); its
+    "update" event as the flush hook would write it, or nothing when it was closed already."""
+    if fu.status not in _ANSWERABLE:
+        return []
+    new = {
+        "status": FollowUpStatus.done,
+        "status_reason": f"answered by {source}",
+        "completed_at": now,
+        "updated_at": now,
+    }
+    result = session.connection().execute(_CLOSE_FOLLOW_UP, {"b_id": fu.id, **new})
+    if (result.rowcount or 0) != 1:
+        return []
+    changes = {
+        name: {"old": shown(name, getattr(fu, name)), "new": shown(name, value)}
+        for name, value in new.items()
+        if getattr(fu, name) != value
+    }
+    return [
+        event_row(
+            session,
+            action="update",
+            record_type=_FOLLOW_UP_TABLE.name,
+            record_id=fu.id,
+            office_id=fu.office_id,
+            changes=changes,
+        )
+    ]
 
 
 def use_reply_link(session: Session, *, outbox_id: int, now: datetime) -> bool:
@@ -227,10 +416,11 @@ def handle_sms(
 ) -> Answered:
     """An inbound SMS: STOP / START / HELP first, else an answer to the latest SMS check-in."""
     now = clock.now()
-    clients = clients_by_phone(session, from_phone)
     command = command_of(body)
     if command is not None:
-        inbound = InboundMessage(
+        clients = clients_by_phone(session, from_phone)
+        claimed = _claim_inbound(
+            session,
             provider_id=message_sid,
             channel=MessageChannel.sms,
             from_address=from_phone,
@@ -239,50 +429,31 @@ def handle_sms(
             client_id=clients[0].id if clients else None,
             received_at=now,
         )
-        if not _claim_inbound(session, inbound):
+        if claimed is None:
             return Answered(duplicate=True, command=command)
+        record_events(session, [claimed[1]])
         for client in clients:
             _apply_command(session, messaging, client, command, message_sid, now)
         return Answered(False, command=command)
-    latest = None
-    if clients:
-        latest = session.exec(
-            select(OutboxMessage)
-            .where(
-                col(OutboxMessage.client_id).in_([c.id for c in clients]),
-                OutboxMessage.channel == MessageChannel.sms,
-                col(OutboxMessage.status).in_([MessageStatus.sent, MessageStatus.delivered, MessageStatus.unknown]),
-                col(OutboxMessage.follow_up_id).is_not(None),
-            )
-            .order_by(col(OutboxMessage.sent_at).desc(), col(OutboxMessage.id).desc())
-        ).first()
-    if latest is None:
+    target = latest_sms_check_in(session, from_phone)
+    if target is None:
         # From a number we do not know, or with nothing to answer: keep it, change nothing else.
-        _claim_inbound(
+        claimed = _claim_inbound(
             session,
-            InboundMessage(
-                provider_id=message_sid,
-                channel=MessageChannel.sms,
-                from_address=from_phone,
-                body=body[:2000],
-                received_at=now,
-            ),  # fmt: skip
+            provider_id=message_sid,
+            channel=MessageChannel.sms,
+            from_address=from_phone,
+            body=body[:2000],
+            received_at=now,
         )
+        if claimed is None:
+            return Answered(duplicate=True)
+        record_events(session, [claimed[1]])
         return Answered(False)
     digit = body.strip().translate(str.maketrans("０１２３４５６７８９", "0123456789"))
-    answer = {"1": "doing_well", "2": "some_worries", "3": "struggling", "9": "call_me"}.get(digit)
-    return record_answer(
-        session,
-        messaging=messaging,
-        outbox=latest,
-        provider_id=message_sid,
-        channel=MessageChannel.sms,
-        answer=answer,
-        text=None if answer else body,
-        from_address=from_phone,
-        source="sms",
-        clock=clock,
-    )
+    answer = DIGITS.get(digit)
+    text = None if answer else body
+    return _record(session, messaging, target, message_sid, MessageChannel.sms, answer, text, from_phone, "sms", clock)
 
 
 def _apply_command(

@@ -48,7 +48,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import case, extract, func, update
+from sqlalchemy import bindparam, case, extract, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
@@ -65,7 +65,7 @@ from service.contacts.models import (
     Party,
     Placement,
 )
-from service.db import utcnow
+from service.db import UTCDateTime, utcnow
 from service.errors import Conflict, NotFound, ValidationFailed
 from service.i18n import label
 from service.outcomes.models import (
@@ -90,6 +90,7 @@ _EMPLOYER_KINDS = {
 }
 EMPLOYER_TROUBLE = frozenset(_EMPLOYER_KINDS.values())
 DETAIL_MAX = 500
+WELLBEING_TOP = 5  # the scale of Outcome.wellbeing: 1 (very bad) to 5 (very good)
 
 
 # ================================================================ rules
@@ -271,18 +272,17 @@ def on_outcome(session: Session, *, outcome: Outcome, clock: Clock) -> CrisisFla
             new.append(NewSignal(_EMPLOYER_KINDS[s], party, note))
         else:
             new.append(NewSignal(Kind(s), party, note))
-    if outcome.party == Party.client and outcome.reached and outcome.wellbeing is not None:
+    # A drop needs a previous answer ``wellbeing_drop_points`` above this one, on a scale up to
+    # WELLBEING_TOP: from near the top no drop is possible, and nothing needs reading.
+    if (
+        outcome.party == Party.client
+        and outcome.reached
+        and outcome.wellbeing is not None
+        and outcome.wellbeing + rules.wellbeing_drop_points <= WELLBEING_TOP
+    ):
         prev = session.exec(
-            select(Outcome)
-            .where(
-                Outcome.placement_id == outcome.placement_id,
-                Outcome.party == Party.client,
-                Outcome.reached == True,  # noqa: E712
-                col(Outcome.wellbeing).is_not(None),
-                Outcome.id != outcome.id,
-                Outcome.recorded_at <= outcome.recorded_at,
-            )
-            .order_by(col(Outcome.recorded_at).desc(), col(Outcome.id).desc())
+            _PREVIOUS_WELLBEING,
+            params={"placement_id": outcome.placement_id, "outcome_id": outcome.id, "at": outcome.recorded_at},
         ).first()
         if prev is not None and prev.wellbeing - outcome.wellbeing >= rules.wellbeing_drop_points:
             new.append(NewSignal(Kind.wellbeing_drop, party, f"wellbeing {prev.wellbeing} → {outcome.wellbeing}"))
@@ -349,6 +349,49 @@ def raise_signal(
     )
 
 
+# Built once (bind parameters): every answer a client sends goes through one of these.
+_AT = bindparam("at", type_=UTCDateTime())
+_WINDOW_START = bindparam("window_start", type_=UTCDateTime())
+_PREVIOUS_WELLBEING = (
+    select(Outcome)
+    .where(
+        Outcome.placement_id == bindparam("placement_id"),
+        Outcome.party == Party.client,
+        Outcome.reached == True,  # noqa: E712
+        col(Outcome.wellbeing).is_not(None),
+        Outcome.id != bindparam("outcome_id"),
+        Outcome.recorded_at <= _AT,
+    )
+    .order_by(col(Outcome.recorded_at).desc(), col(Outcome.id).desc())
+    .limit(1)
+)
+_CLIENT_PREVIOUS_ANSWER = (
+    select(func.max(Outcome.recorded_at))
+    .where(
+        Outcome.placement_id == bindparam("placement_id"),
+        Outcome.party == Party.client,
+        Outcome.reached == True,  # noqa: E712
+        Outcome.id != bindparam("outcome_id"),
+        Outcome.recorded_at <= _AT,
+    )
+    .scalar_subquery()
+)
+# The employer's latest report of trouble since the later of the window's start and the client's
+# previous answer, in one query.
+_TROUBLE_SINCE_CLIENT = (
+    select(CrisisSignal)
+    .where(
+        CrisisSignal.placement_id == bindparam("placement_id"),
+        col(CrisisSignal.kind).in_(sorted(EMPLOYER_TROUBLE)),
+        CrisisSignal.occurred_at >= _WINDOW_START,
+        CrisisSignal.occurred_at >= func.coalesce(_CLIENT_PREVIOUS_ANSWER, _WINDOW_START),
+        CrisisSignal.occurred_at <= _AT,
+    )
+    .order_by(col(CrisisSignal.occurred_at).desc(), col(CrisisSignal.id).desc())
+    .limit(1)
+)
+
+
 # ---------------------------------------------------------------- discordance
 # The employer reports trouble while the client's own account says all is well (reached, no risk
 # signals, wellbeing 4 or more or not asked). Checked whichever account comes second.
@@ -380,27 +423,14 @@ def _discordance_after_client(session: Session, outcome: Outcome, rules: CrisisR
     """The client has just said all is well: did the employer report trouble since the client's
     previous answer (within the window), not since taken back by a trouble-free employer report?"""
     at = outcome.recorded_at
-    since = at - timedelta(days=rules.discordance_days)
-    prev_answer = session.exec(
-        select(func.max(Outcome.recorded_at)).where(
-            Outcome.placement_id == outcome.placement_id,
-            Outcome.party == Party.client,
-            Outcome.reached == True,  # noqa: E712
-            Outcome.id != outcome.id,
-            Outcome.recorded_at <= at,
-        )
-    ).one()
-    if prev_answer is not None and prev_answer > since:
-        since = prev_answer
     trouble = session.exec(
-        select(CrisisSignal)
-        .where(
-            CrisisSignal.placement_id == outcome.placement_id,
-            col(CrisisSignal.kind).in_(list(EMPLOYER_TROUBLE)),
-            CrisisSignal.occurred_at >= since,
-            CrisisSignal.occurred_at <= at,
-        )
-        .order_by(col(CrisisSignal.occurred_at).desc(), col(CrisisSignal.id).desc())
+        _TROUBLE_SINCE_CLIENT,
+        params={
+            "placement_id": outcome.placement_id,
+            "outcome_id": outcome.id,
+            "at": at,
+            "window_start": at - timedelta(days=rules.discordance_days),
+        },
     ).first()
     if trouble is None:
         return None

@@ -391,6 +391,19 @@ def test_discordance_client_says_all_is_well_after_the_employer_reported_trouble
     assert f"outcome:{report['outcome']['id']}" in f["signals"][1]["detail"]
 
 
+def test_a_report_of_trouble_is_discordant_with_the_clients_next_answer_only(api, clock):
+    """Counted from the later of the window's start and the client's previous answer: the
+    employer's report meets the client's first "all is well" after it, not every one after that."""
+    p = api.placement(start="2026-04-13")
+    employer_call(api, p, risk_signals=["conflict"])  # 20 April
+    clock.set(at("2026-04-21"))
+    client_call(api, p, wellbeing=4)
+    assert kinds(the_flag(api, p)) == ["employer_conflict", "discordance"]
+    clock.set(at("2026-04-22"))
+    client_visit(api, p, wellbeing=5)  # answered in between: this report is not new to this answer
+    assert kinds(the_flag(api, p)) == ["employer_conflict", "discordance"]
+
+
 def test_no_discordance_when_the_accounts_agree_or_are_far_apart(api, clock):
     agree = api.placement(start="2026-04-13")
     client_call(api, agree, wellbeing=3)  # the client does not say all is well

@@ -156,6 +156,22 @@ def test_escalation_waits_for_the_clients_sending_window(api, steps, who, tz, la
     assert esc.follow_up_id == check_in.follow_up_id
 
 
+def test_an_answer_cancels_the_escalation_still_waiting_to_go(api, steps):
+    api.placement(start="2026-04-20")
+    check_in = sms_check_in(steps, at("2026-04-24", 10))
+    assert steps.escalate(at("2026-04-26", 22, 30)) == 1  # written, to go at 09:00
+    [esc] = steps.rows(Purpose.escalation)
+    assert esc.status == MessageStatus.queued
+    steps.clock.set(at("2026-04-26", 23))
+    steps.answer(check_in)  # by the check-in's reply link, before the escalation went
+    [esc] = steps.rows(Purpose.escalation)
+    assert (esc.status, esc.error_reason) == (
+        MessageStatus.cancelled,
+        "not sent: the check-in was answered or closed meanwhile",
+    )
+    assert steps.run("dispatch", at("2026-04-27", 9)) == 0
+
+
 def test_a_client_window_of_their_own_is_respected(api, steps, factory):
     p = api.placement(start="2026-04-20")
     with session_scope(factory) as s:

@@ -69,11 +69,16 @@ def _squash(text: str) -> str:
 
 def command_of(text: str) -> Command | None:
     """STOP, START or HELP when the whole message is one of those words (any width, any case)."""
-    word = re.sub(r"[\s\u3000!！。．.、,]+", "", fold(text))
-    for command, words in ((Command.stop, _STOP), (Command.start, _START), (Command.help, _HELP)):
-        if word in {fold(w) for w in words}:
-            return command
-    return None
+    return _COMMAND_WORDS.get(_COMMAND_PUNCTUATION.sub("", fold(text)))
+
+
+_COMMAND_PUNCTUATION = re.compile(r"[\s\u3000!！。．.、,]+")
+# Folded once, not per message: every inbound SMS is looked up here first.
+_COMMAND_WORDS = {
+    fold(w): command
+    for command, words in ((Command.help, _HELP), (Command.start, _START), (Command.stop, _STOP))
+    for w in words
+}  # STOP last: it wins should a word ever be in two lists, as it did when checked first
 
 
 class _Rule(BaseModel):
