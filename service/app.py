@@ -82,6 +82,7 @@ def create_app(
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
+            await app.state.messaging.email.aclose()  # QUIT the SMTP sessions kept open between ticks
             if own_engine:
                 eng.dispose()
 

@@ -80,11 +80,20 @@ def _run_sync(job: SyncJob, ctx: JobContext) -> int:
         return job(session, ctx)
 
 
+async def _run_in_own_loop(name: str, ctx: JobContext) -> int:
+    """One job in an event loop of its own: the connections it opened (SMTP) end with the loop."""
+    try:
+        return await arun_job(name, ctx)
+    finally:
+        if ctx.messaging is not None:
+            await ctx.messaging.email.aclose()
+
+
 def run_job(name: str, factory: sessionmaker[Session], clock: Clock, messaging: Any = None) -> int:
     """Run one job now, from synchronous code (the CLI, tests)."""
     ctx = JobContext(factory, clock, messaging)
     if name in ASYNC:
-        return asyncio.run(arun_job(name, ctx))
+        return asyncio.run(_run_in_own_loop(name, ctx))
     job = JOBS[name]
     assert not inspect.iscoroutinefunction(job)
     with acting_as(Actor(ActorType.job, label=name)):

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_from: str = "teichaku@localhost"
     smtp_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # Sessions kept open and reused across dispatch ticks (several send at once when one cannot keep
+    # up with the send rate); one unused this long is closed (servers drop idle ones after ~5 min).
+    smtp_pool_size: int = Field(default=4, ge=1, le=16)
+    smtp_idle_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # PEM file of the CAs that sign the server's certificate (a private CA); unset: the system's.
+    # The certificate is always verified.
+    smtp_ca_file: str | None = None
     # When set, GET /metrics wants "Authorization: Bearer <this>" (Prometheus: authorization.credentials);
     # unset, it answers anyone who reaches it (keep it on the internal network then).
     metrics_token: str | None = Field(default=None, min_length=16)

@@ -3,14 +3,26 @@
 It counts SMTP sessions by their EHLO/HELO (the Controller's own start-up probe never says
 EHLO), stamps each accepted message with the time it arrived, and can answer chosen
 recipients with chosen codes ("550 ..." permanently, "451 ..." for now, "421 ..." and hang up),
-once or always.
+once or always. It records the QUITs it is sent and the time of every MAIL FROM, can hang up on
+every open session (as a server does at its idle timeout), at the next MAIL FROM, or in the middle
+of a chosen recipient's DATA.
+
+``smtp_sink(tls=True)`` makes it a server as in production: STARTTLS required, with a certificate
+for 127.0.0.1 from a throwaway CA made at test time (``trustme``), and sign-in (AUTH) required;
+``secure_settings()`` is what the adapter needs to reach it (the CA file: the certificate is
+verified, never waved through).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import email
+import logging
+import os
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +31,9 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import default as default_policy
 
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from service.contacts.messaging.outbox import Messaging
 from service.settings import Settings
@@ -48,6 +62,36 @@ class Received:
         return int(self.message["X-Teichaku-Outbox"])
 
 
+# The sign-in the secure sink accepts (and nothing else).
+SINK_LOGIN = ("office-mailer", "sink-password-1")
+
+
+class _Tls:
+    """A throwaway CA and a server certificate for 127.0.0.1, made once per test process."""
+
+    _made: tuple[ssl.SSLContext, str] | None = None
+
+    @classmethod
+    def get(cls) -> tuple[ssl.SSLContext, str]:
+        """(the server's SSL context, the path of the CA's PEM file for the client)."""
+        if cls._made is None:
+            ca = trustme.CA()
+            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(server)
+            fd, path = tempfile.mkstemp(prefix="sink-ca-", suffix=".pem")
+            os.close(fd)
+            ca.cert_pem.write_to_path(path)
+            atexit.register(os.unlink, path)
+            cls._made = (server, path)
+        return cls._made
+
+
+def secure_settings() -> dict:
+    """The settings for the secure sink: STARTTLS, its CA, and the sign-in."""
+    return {"smtp_starttls": True, "smtp_ca_file": _Tls.get()[1],
+            "smtp_username": SINK_LOGIN[0], "smtp_password": SINK_LOGIN[1]}  # fmt: skip
+
+
 @dataclass
 class SinkHandler:
     # address -> responses to RCPT TO, used up one per attempt ("550 ..." or "451 ...").
@@ -56,21 +100,65 @@ class SinkHandler:
     received: list[Received] = field(default_factory=list)
     sessions: list[tuple] = field(default_factory=list)  # peers that said EHLO/HELO
     refused: list[tuple[str, str]] = field(default_factory=list)  # (address, response)
+    # Addresses whose DATA is taken in and then the line is cut, before any answer: the message
+    # arrived, but the sender cannot know it.
+    hang_up_in_data: set[str] = field(default_factory=set)
+    data_delay: float = 0.0  # seconds before answering DATA (a slow server); arrival is stamped first
+    transactions: list[float] = field(default_factory=list)  # time.monotonic() of every MAIL FROM
+    # Set: the next MAIL FROM, on whichever session, is answered with this ("421 ...") and the line
+    # closed; "" closes it without a word. As a server that gave up on an idle session does.
+    at_next_mail: str | None = None
+    quits: list[tuple] = field(default_factory=list)  # peers that said QUIT
+    logins: list[tuple] = field(default_factory=list)  # peers that signed in
     lock: threading.Lock = field(default_factory=threading.Lock)
+    loop: asyncio.AbstractEventLoop | None = None  # the server's (set by smtp_sink)
+    _open: dict[tuple, object] = field(default_factory=dict)  # peer -> its aiosmtpd SMTP, while open
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
+    def _seen(self, server, session) -> None:
         with self.lock:
             if session.peer not in self.sessions:
                 self.sessions.append(session.peer)
+            self._open[session.peer] = server
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        self._seen(server, session)
         return responses
 
     async def handle_HELO(self, server, session, envelope, hostname):
         session.host_name = hostname
-        with self.lock:
-            if session.peer not in self.sessions:
-                self.sessions.append(session.peer)
+        self._seen(server, session)
         return f"250 {server.hostname}"
+
+    async def handle_QUIT(self, server, session, envelope):
+        with self.lock:
+            self.quits.append(session.peer)
+            self._open.pop(session.peer, None)
+        return "221 Bye"
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == tuple(
+            x.encode() for x in SINK_LOGIN
+        )
+        if ok:
+            with self.lock:
+                self.logins.append(session.peer)
+        return AuthResult(success=ok, handled=False)  # not handled: the server answers 235 or 535
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        with self.lock:
+            drop, self.at_next_mail = self.at_next_mail, None
+            if drop is None:
+                self.transactions.append(time.monotonic())
+        if drop is not None:
+            if drop:
+                server.transport.write(drop.encode() + b"\r\n")
+            server.transport.close()
+            await asyncio.sleep(0)
+            return drop or "421 closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
@@ -92,6 +180,12 @@ class SinkHandler:
                     time.monotonic(), session.peer, envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content)
                 )
             )
+            cut = bool(self.hang_up_in_data & set(envelope.rcpt_tos))
+        if cut:
+            server.transport.close()
+            await asyncio.sleep(0)
+        elif self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return "250 OK"
 
     # -- for the tests ------------------------------------------------------------------
@@ -100,18 +194,47 @@ class SinkHandler:
     def connections(self) -> int:
         return len(self.sessions)
 
+    def hang_up(self, reply: str = "421 4.4.2 Idle too long, closing connection") -> int:
+        """Say ``reply`` on every open session and close it, as a server does at its idle timeout.
+        Returns how many it closed."""
+        with self.lock:
+            servers, self._open = list(self._open.values()), {}
+        done = threading.Event()
+        closed = []
+
+        def close_all() -> None:
+            for server in servers:
+                if server.transport is not None and not server.transport.is_closing():
+                    server.transport.write(reply.encode() + b"\r\n")
+                    server.transport.close()
+                    closed.append(server)
+            done.set()
+
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(close_all)
+        done.wait(5)
+        return len(closed)
+
     def outbox_ids(self) -> list[int]:
         with self.lock:
             return [r.outbox_id for r in self.received]
 
 
 @contextmanager
-def smtp_sink(port: int | None = None, **kw) -> Iterator[tuple[SinkHandler, int]]:
-    """An aiosmtpd server on 127.0.0.1 (a free port unless given); yields (handler, port)."""
+def smtp_sink(port: int | None = None, *, tls: bool = False, **kw) -> Iterator[tuple[SinkHandler, int]]:
+    """An aiosmtpd server on 127.0.0.1 (a free port unless given); yields (handler, port).
+    ``tls=True``: STARTTLS and sign-in required (see ``secure_settings``)."""
     handler = SinkHandler(**kw)
     port = port or free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10)
+    secure = {}
+    if tls:
+        secure = {"tls_context": _Tls.get()[0], "require_starttls": True,
+                  "authenticator": handler.authenticate, "auth_required": True}  # fmt: skip
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10, **secure)
     controller.start()
+    handler.loop = controller.loop
+    # aiosmtpd warns on every sign-in that a field it sets itself is deprecated; nothing of ours.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     try:
         yield handler, port
     finally:
@@ -120,7 +243,9 @@ def smtp_sink(port: int | None = None, **kw) -> Iterator[tuple[SinkHandler, int]
 
 def smtp_messaging(settings: Settings, port: int, **updates) -> Messaging:
     """The real messaging stack (SmtpAdapter) pointed at the sink on ``port``. Fast by
-    default (100 e-mails a second) unless a test sets its own rate."""
+    default (100 e-mails a second) unless a test sets its own rate; one SMTP session at a time
+    unless a test asks for a larger pool (on a loaded machine a second one could open now and
+    then, and the tests count sessions)."""
     values = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_from": "office@example.jp",
-              "send_rate_per_second": 100.0} | updates  # fmt: skip
+              "send_rate_per_second": 100.0, "smtp_pool_size": 1} | updates  # fmt: skip
     return Messaging.from_settings(settings.model_copy(update=values))

@@ -66,6 +66,10 @@ class EmailPort(Protocol):
         """Send several e-mails over one connection; one result per e-mail, in order."""
         ...
 
+    async def aclose(self) -> None:
+        """Close the connections kept open between batches (at shutdown)."""
+        ...
+
 
 class PhonePort(Protocol):
     async def send_sms(self, sms: Sms) -> Sent: ...
@@ -82,6 +86,9 @@ class DevelopmentAdapter:
     async def send_batch(self, emails: list[Email]) -> list[Sent | SendError]:
         self.sent.extend(emails)
         return [Sent(f"dev-email-{e.outbox_id}") for e in emails]
+
+    async def aclose(self) -> None:
+        pass
 
     async def send_sms(self, sms: Sms) -> Sent:
         self.sent.append(sms)
