@@ -78,16 +78,29 @@ def test_an_sms_answer_is_attributed_to_the_webhook(api, http, factory, clock):
     assert outcome.office_id == api.world.office_a and outcome.changes["source"]["new"] == "sms"
     fu = events(factory, record_type="follow_up", record_id=ci.follow_up_id, action="update")
     assert any(e.actor_type == "webhook" and e.changes.get("status", {}).get("new") == "done" for e in fu)
+    assert [e.changes["status"]["old"] for e in fu if e.actor_type == "webhook"] == ["pending"]
+    # The inbound row is written once, complete: one "create", no "update" after it.
+    inbound = events(factory, record_type="inbound_message")
+    assert [(e.action, e.actor_label) for e in inbound] == [("create", "twilio/sms")]
+    assert inbound[0].changes["outcome_id"]["new"] == outcome.record_id
+    assert inbound[0].changes["from_address"] == {"old": None, "new": "[personal]"}  # the phone is not kept
 
 
 def test_a_job_is_attributed_to_the_job_with_old_and_new_values(api, http, factory, clock):
     ci = sent_check_in(api, http, factory, clock)  # runs plan_check_ins and dispatch
     planned = events(factory, record_type="outbox_message", action="create")
     assert planned and {(e.actor_type, e.actor_label) for e in planned} == {("job", "plan_check_ins")}
-    sent = [e for e in events(factory, record_type="outbox_message", record_id=ci.outbox_id) if e.action == "update"]
-    assert any(e.actor_label == "dispatch" and e.changes.get("status", {}).get("new") == "sent" for e in sent), [
-        (e.actor_label, e.changes) for e in sent
+    # The dispatch tick records its claim and its sends as one event per batch and office, naming
+    # the rows: the audit API finds them by the message's id.
+    params = {"record_type": "outbox_message", "record_id": ci.outbox_id}
+    trail = api.ok(api.get("a.manager", "/api/v1/audit", params=params))["items"]
+    sent = [e for e in trail if e["action"] == "update" and e["actor_label"] == "dispatch"]
+    assert [e["changes"]["status"] for e in sent] == [
+        {"old": "sending", "new": "sent"},
+        {"old": "queued", "new": "sending"},
     ]
+    assert all(e["actor_type"] == "job" and e["at"] and ci.outbox_id in e["changes"]["record_ids"] for e in sent)
+    assert sent[0]["changes"]["provider_id"]["new"][str(ci.outbox_id)]
     # A bulk UPDATE (mark_missed) is captured row by row, with the old value.
     clock.set(clock.now().replace(year=2026, month=12))
     assert run_job("mark_missed", factory, clock) > 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -145,6 +146,14 @@ def shown(column: str, value: Any) -> Any:
     return _json(value)
 
 
+def _shown_plainly(column: str, value: Any) -> Any:
+    """``shown``, with a shortcut for the common case (a plain column's string or number), as a
+    summary event calls it once per record."""
+    if type(value) in (str, int) and classify(column) == "plain":
+        return value
+    return shown(column, value)
+
+
 def event_row(
     session: Session | None,
     *,
@@ -191,6 +200,49 @@ def record_events(session: Session, rows: list[dict[str, Any]]) -> None:
     """Several ``event_row``s in one statement, on the session's connection and transaction."""
     if rows:
         session.connection().execute(sa.insert(AuditEvent.__table__), rows)
+
+
+# In a summary event (many records changed the same way at once), the key of the records' ids.
+RECORD_IDS = "record_ids"
+
+
+def summary_rows(
+    session: Session | None,
+    *,
+    action: str,
+    record_type: str,
+    records: list[tuple[int, int | None]],
+    changes: dict[str, tuple[Any, Any]],
+    per_record: dict[str, tuple[Any, dict[int, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Events for many records changed the same way by one statement (a batch): one per office,
+    with ``record_id`` None, the ids of the records under ``RECORD_IDS`` and the change, shown as
+    the hooks show it: ``changes`` as ``{column: (old, new)}``; ``per_record`` for a column whose
+    new value differs by record, as ``{column: (old, {record id: new})}`` (recorded as ``{"old": ...,
+    "new": {"<id>": ...}}``). ``records`` are ``(id, office_id)`` pairs. Each record stays findable:
+    ``list_events`` with a ``record_id`` also matches the summaries naming it."""
+    by_office: defaultdict[int | None, list[int]] = defaultdict(list)
+    for record_id, office_id in records:
+        by_office[office_id].append(record_id)
+    common = {name: {"old": shown(name, old), "new": shown(name, new)} for name, (old, new) in changes.items()}
+    rows = []
+    for office_id, ids in by_office.items():
+        ids.sort()
+        varying = {
+            name: {"old": shown(name, old), "new": {str(i): _shown_plainly(name, new[i]) for i in ids}}
+            for name, (old, new) in (per_record or {}).items()
+        }
+        rows.append(
+            event_row(
+                session,
+                action=action,
+                record_type=record_type,
+                record_id=None,
+                office_id=office_id,
+                changes={**common, **varying, RECORD_IDS: ids},
+            )
+        )
+    return rows
 
 
 def created_changes(values: dict[str, Any]) -> dict[str, Any]:

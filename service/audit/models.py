@@ -21,8 +21,10 @@ class ActorType(enum.StrEnum):
 
 
 class AuditEvent(SQLModel, table=True):
-    """One change (or one view) of one record. Never updated or deleted by the service; on
-    PostgreSQL a trigger refuses UPDATE and DELETE outright."""
+    """One change (or one view) of one record, or (``record_id`` None) one change of many records
+    by one statement, e.g. a dispatch batch: their ids under ``changes["record_ids"]``
+    (``capture.summary_rows``). Never updated or deleted by the service; on PostgreSQL a trigger
+    refuses UPDATE and DELETE outright."""
 
     __tablename__ = "audit_event"
     __table_args__ = (

@@ -8,10 +8,21 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from service.audit.capture import RECORD_IDS
 from service.audit.models import ActorType, AuditEvent
+
+
+def _names(record_id: int, dialect: str) -> sa.ColumnElement[bool]:
+    """A summary event (``record_id`` NULL) whose ``RECORD_IDS`` list holds ``record_id``."""
+    if dialect == "postgresql":
+        test = f"(audit_event.changes -> '{RECORD_IDS}')::jsonb @> jsonb_build_array(:named_id)"
+    else:
+        test = f"EXISTS (SELECT 1 FROM json_each(audit_event.changes, '$.{RECORD_IDS}') WHERE value = :named_id)"
+    return sa.and_(col(AuditEvent.record_id).is_(None), sa.text(test).bindparams(named_id=record_id))
 
 
 def _filtered(
@@ -24,12 +35,13 @@ def _filtered(
     actor_id: int | None,
     since: datetime | None,
     until: datetime | None,
+    dialect: str,
 ):
     stmt = stmt.where(AuditEvent.office_id == office_id)
     if record_type is not None:
         stmt = stmt.where(AuditEvent.record_type == record_type)
-    if record_id is not None:
-        stmt = stmt.where(AuditEvent.record_id == record_id)
+    if record_id is not None:  # its own events, and the summaries of batches it was part of
+        stmt = stmt.where(sa.or_(AuditEvent.record_id == record_id, _names(record_id, dialect)))
     if actor_type is not None:
         stmt = stmt.where(AuditEvent.actor_type == actor_type)
     if actor_id is not None:
@@ -62,6 +74,7 @@ def list_events(
         "actor_id": actor_id,
         "since": since,
         "until": until,
+        "dialect": session.get_bind().dialect.name,
     }
     total = session.exec(_filtered(select(func.count()).select_from(AuditEvent), **where)).one()
     rows = session.exec(
@@ -84,7 +97,7 @@ def export_csv(session: Session, *, office_id: int, batch: int = 1000, **filters
     yield buf.getvalue()
     last_id = 0
     while True:
-        stmt = _filtered(select(AuditEvent), office_id=office_id, **filters)
+        stmt = _filtered(select(AuditEvent), office_id=office_id, dialect=session.get_bind().dialect.name, **filters)
         rows = session.exec(stmt.where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(batch)).all()
         if not rows:
             return

@@ -1,16 +1,17 @@
 """The dispatch tick works per batch (one query for consent, one for follow-ups, one executemany
 for results): a batch that mixes rows which must not go out with rows that must, and a batch of
-mixed send results, come out as they did row by row, audited row by row."""
+mixed send results, come out as they did row by row; every row's change is found in the audit trail
+by its id (a claim and a batch's sends as one summary event per office naming the rows, the rest row
+by row)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlmodel import select
-
-from service.audit.capture import Actor, acting_as
+from service.audit.capture import RECORD_IDS, Actor, acting_as
 from service.audit.models import ActorType, AuditEvent
+from service.audit.service import list_events
 from service.clock import FixedClock
 from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
 from service.contacts.messaging.outbox import _record_results, claim, enqueue
@@ -22,10 +23,14 @@ from tests.contacts.smtp_sink import smtp_messaging, smtp_sink
 from tests.contacts.test_outbox import START, email_check_in, outbox, update_client
 
 
-def audit(factory, record_type: str, record_id: int) -> list[AuditEvent]:
+def audit(factory, office_id: int, record_type: str, record_id: int) -> list[AuditEvent]:
+    """The record's events as the trail's readers (the audit API) find them, oldest first."""
     with factory() as s:
-        stmt = select(AuditEvent).where(AuditEvent.record_type == record_type, AuditEvent.record_id == record_id)
-        return list(s.exec(stmt.order_by(AuditEvent.id)).all())
+        rows, total = list_events(
+            s, office_id=office_id, limit=500, offset=0, record_type=record_type, record_id=record_id
+        )
+    assert total == len(rows)
+    return rows[::-1]
 
 
 def test_one_batch_mixing_stopped_withdrawn_skipped_and_normal_rows(api, settings, factory, clock):
@@ -66,12 +71,27 @@ def test_one_batch_mixing_stopped_withdrawn_skipped_and_normal_rows(api, setting
     assert email_check_in(api, "a.worker", placements["skipped"])["status_reason"] == "the worker called instead"
     # Every row's change is in the trail, attributed to the job, with old and new values.
     for name, row in rows.items():
-        updates = [e for e in audit(factory, "outbox_message", row.id) if e.action == "update"]
+        updates = [e for e in audit(factory, row.office_id, "outbox_message", row.id) if e.action == "update"]
+        claimed = [e for e in updates if e.changes.get("status") == {"old": "queued", "new": "sending"}]
         final = [e for e in updates if e.changes.get("status", {}).get("old") == "sending"]
-        assert len(final) == 1, (name, [e.changes for e in updates])
-        assert (final[0].actor_type, final[0].actor_label, final[0].office_id) == ("job", "dispatch", row.office_id)
+        assert len(claimed) == 1 and len(final) == 1, (name, [e.changes for e in updates])
+        for event in claimed + final:
+            assert (event.actor_type, event.actor_label, event.office_id) == ("job", "dispatch", row.office_id)
         assert final[0].changes["status"]["new"] == row.status.value
-    fu_events = [e for e in audit(factory, "follow_up", rows["stopped"].follow_up_id) if e.actor_label == "dispatch"]
+        # The claim is one event for the batch; so are the sends. A cancellation is the row's own.
+        assert row.id in claimed[0].changes[RECORD_IDS] and claimed[0].record_id is None
+        if row.status == MessageStatus.sent:
+            assert row.id in final[0].changes[RECORD_IDS] and final[0].record_id is None
+            assert final[0].changes["provider_id"]["new"][str(row.id)] == row.provider_id
+        else:
+            assert final[0].record_id == row.id and final[0].changes["error_reason"]["new"] == row.error_reason
+    office = rows["ok1"].office_id
+    (sends,) = {e.id: e for r in rows.values() for e in audit(factory, office, "outbox_message", r.id)
+                if e.changes.get("status", {}).get("new") == "sent"}.values()  # fmt: skip
+    assert sends.changes[RECORD_IDS] == sorted(rows[n].id for n in ("ok1", "ok2", "ok3"))
+    fu_events = [
+        e for e in audit(factory, office, "follow_up", rows["stopped"].follow_up_id) if e.actor_label == "dispatch"
+    ]
     assert [e.changes["status"] for e in fu_events] == [{"old": "pending", "new": "skipped"}]
 
 
@@ -123,11 +143,15 @@ def test_one_batch_of_mixed_results_is_recorded_row_by_row(factory, world, clock
     assert all(got[i].updated_at == record_at.now() for i in (a, b, c, d, e, g))
 
     def recorded(i: int) -> list[dict]:
-        return [ev.changes for ev in audit(factory, "outbox_message", i) if ev.actor_label == "dispatch"]
+        return [
+            ev.changes for ev in audit(factory, world.office_a, "outbox_message", i) if ev.actor_label == "dispatch"
+        ]
 
     assert recorded(f) == []
-    (sent,) = recorded(a)
-    assert sent["status"] == {"old": "sending", "new": "sent"} and sent["provider_id"] == {"old": None, "new": "p-a"}
+    (sent,) = recorded(a)  # the batch's sends: one event naming them, each with its provider id
+    assert sent == recorded(g)[0] and sent[RECORD_IDS] == [a, g]
+    assert sent["status"] == {"old": "sending", "new": "sent"} and sent["sent_at"]["new"] == record_at.now().isoformat()
+    assert sent["provider_id"] == {"old": None, "new": {str(a): "p-a", str(g): "p-g"}}
     assert "error_code" not in sent  # unchanged values are not listed
     (back,) = recorded(e)
     assert back["attempts"] == {"old": 1, "new": 0} and back["next_attempt_at"]["new"] == later.isoformat()

@@ -15,14 +15,31 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from operator import attrgetter
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Row, Table, bindparam, cast, exists, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Integer,
+    Row,
+    String,
+    Table,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal_column,
+    type_coerce,
+    update,
+)
 from sqlalchemy import column as sa_column
 from sqlalchemy import select as sa_select
 from sqlalchemy import values as sa_values
@@ -31,7 +48,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office
-from service.audit.capture import event_row, record_events, shown
+from service.audit.capture import event_row, record_events, shown, summary_rows
 from service.clock import Clock
 from service.contacts import service as contacts
 from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
@@ -90,16 +107,7 @@ class Messaging:
         email: EmailPort = dev
         phone: PhonePort = dev
         if settings.smtp_host:
-            email = SmtpAdapter(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
-                sender=settings.smtp_from,
-                username=settings.smtp_username,
-                password=settings.smtp_password,
-                starttls=settings.smtp_starttls,
-                timeout=settings.smtp_timeout_seconds,
-                rate_per_second=settings.send_rate_per_second,
-            )
+            email = SmtpAdapter.from_settings(settings)
         if settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from:
             phone = TwilioAdapter(
                 account_sid=settings.twilio_account_sid,
@@ -294,13 +302,65 @@ def enqueue(session: Session, row: OutboxMessage) -> OutboxMessage | None:
 # ---------------------------------------------------------------- claiming and sending
 
 
-def claim(session: Session, *, now: datetime, limit: int) -> list[OutboxMessage]:
-    """Take up to ``limit`` due rows for this dispatcher; commits the claim."""
+_OUTBOX = OutboxMessage.__table__
+
+
+class Claimed(NamedTuple):
+    """A claimed row: what the send needs, what its result is recorded against, and, read in the
+    same statement, the client's consent (None: no client) and the follow-up's status. A plain
+    tuple, not the result's row: its attributes are read a dozen times per message."""
+
+    id: int
+    office_id: int
+    purpose: str  # the enums as their plain values (a StrEnum member compares equal to its value)
+    channel: str
+    follow_up_id: int | None
+    client_id: int | None
+    to_address: str
+    subject: str | None
+    body: str
+    send_tz: str | None
+    window_start: str | None
+    window_end: str | None
+    attempts: int
+    claim_token: str
+    error_code: str | None
+    error_reason: str | None
+    opted_out: bool | None
+    consent_automated: bool | None
+    consent_employer: bool | None
+    fu_status: str | None
+
+
+def _claimed_columns() -> list:
+    """The ``RETURNING`` of a claim, in the order of ``Claimed``."""
+    t, c, f = _OUTBOX, Client.__table__, FollowUp.__table__
+    # Spelled out: SQLite's RETURNING drops the table names, so a plain column would be ambiguous.
+    client_id, follow_up_id = literal_column("outbox_message.client_id"), literal_column("outbox_message.follow_up_id")
+
+    def of_client(value):
+        return sa_select(value).where(c.c.id == client_id).scalar_subquery()
+
+    computed = {
+        "purpose": type_coerce(t.c.purpose, String),  # no conversion per row and column
+        "channel": type_coerce(t.c.channel, String),
+        "opted_out": of_client(c.c.opted_out_at.is_not(None)),
+        "consent_automated": of_client(c.c.consent_automated),
+        "consent_employer": of_client(c.c.consent_employer),
+        "fu_status": type_coerce(sa_select(f.c.status).where(f.c.id == follow_up_id).scalar_subquery(), String),
+    }
+    return [computed[name].label(name) if name in computed else t.c[name] for name in Claimed._fields]
+
+
+def claim(session: Session, *, now: datetime, limit: int) -> list[Claimed]:
+    """Take up to ``limit`` due rows for this dispatcher and commit: one ``UPDATE ... RETURNING``
+    (the rows, in id order) and one summary audit event per office naming the rows claimed."""
     token = uuid.uuid4().hex
+    t = _OUTBOX
     due = (
-        sa_select(OutboxMessage.id)
-        .where(OutboxMessage.status == MessageStatus.queued, OutboxMessage.next_attempt_at <= now)
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        sa_select(t.c.id)
+        .where(t.c.status == MessageStatus.queued, t.c.next_attempt_at <= now)
+        .order_by(t.c.next_attempt_at, t.c.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -311,32 +371,37 @@ def claim(session: Session, *, now: datetime, limit: int) -> list[OutboxMessage]
         if not ids:
             session.commit()
             return []
-        chosen = col(OutboxMessage.id).in_(ids)
+        chosen = t.c.id.in_(ids)
     else:  # SQLite: one writer at a time; the subquery is evaluated once
-        chosen = col(OutboxMessage.id).in_(due)
-    session.exec(
-        update(OutboxMessage)
-        .where(chosen, OutboxMessage.status == MessageStatus.queued)
-        .values(
-            status=MessageStatus.sending,
-            claim_token=token,
-            claimed_at=now,
-            updated_at=now,
-            attempts=OutboxMessage.attempts + 1,
-        )  # fmt: skip
-        .execution_options(synchronize_session=False)
+        chosen = t.c.id.in_(due)
+    result = session.execute(
+        update(t)
+        .where(chosen, t.c.status == MessageStatus.queued)
+        .values(status=MessageStatus.sending, claim_token=token, claimed_at=now, updated_at=now)
+        .values(attempts=t.c.attempts + 1)
+        .returning(*_claimed_columns()),
+        execution_options={"audit_skip": True},  # a summary event per office, below, not one per row
+    )
+    rows = sorted(map(Claimed._make, result.all()), key=attrgetter("id"))
+    record_events(
+        session,
+        summary_rows(
+            session,
+            action="update",
+            record_type=t.name,
+            records=[(r.id, r.office_id) for r in rows],
+            changes={"status": (MessageStatus.queued, MessageStatus.sending)},
+        ),
     )
     session.commit()
-    return list(
-        session.exec(select(OutboxMessage).where(OutboxMessage.claim_token == token).order_by(OutboxMessage.id)).all()
-    )
+    return rows
 
 
 async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, clock: Clock) -> int:
     """Claim what is due, send it, record every result. Returns how many were sent."""
     now = clock.now()
 
-    def _claim() -> list[OutboxMessage]:
+    def _claim() -> list[Claimed]:
         with factory() as session:
             return _drop_unwanted(session, claim(session, now=now, limit=messaging.settings.dispatch_batch), now)
 
@@ -345,11 +410,17 @@ async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, cl
         return 0
     results: dict[int, Sent | SendError | datetime] = {}
     sendable = []
+    opening: dict[tuple[str, str, str], datetime] = {}  # per sending window: now if open, else its next opening
     for row in rows:
-        if in_window(row, now):
-            sendable.append(row)
-        else:  # claimed just after the window closed: wait for the next one
-            results[row.id] = next_in_window(now, row.send_tz, row.window_start, row.window_end)
+        if row.send_tz and row.window_start and row.window_end:
+            window = (row.send_tz, row.window_start, row.window_end)
+            at = opening.get(window)
+            if at is None:
+                at = opening[window] = next_in_window(now, *window)
+            if at != now:  # claimed just after the window closed: wait for the next one
+                results[row.id] = at
+                continue
+        sendable.append(row)
     emails = [r for r in sendable if r.channel == MessageChannel.email]
     if emails:
         batch = [Email(r.id, r.to_address, r.subject or "", r.body) for r in emails]
@@ -381,57 +452,35 @@ _CHECKED_PURPOSES = (Purpose.check_in, Purpose.escalation, Purpose.employer_chec
 _STILL_UNANSWERED = (FollowUpStatus.pending, FollowUpStatus.missed)
 
 
-def _unwanted(row: OutboxMessage, client: Row | None, fu_status: FollowUpStatus | None) -> str | None:
+def _unwanted(row: Claimed) -> str | None:
     """Why a claimed check-in must not go out after all: since it was written, the client
-    stopped automated messages or took back consent, or its follow-up was skipped. ``client``
-    holds the client's consent columns, ``fu_status`` the follow-up's status (both read per batch)."""
-    if row.client_id is None or row.purpose not in _CHECKED_PURPOSES or client is None:
-        return None
+    stopped automated messages or took back consent, or its follow-up was skipped. The client's
+    consent and the follow-up's status come with the claimed row."""
+    if row.client_id is None or row.purpose not in _CHECKED_PURPOSES or row.consent_automated is None:
+        return None  # not a check-in, or no such client
     if row.purpose == Purpose.employer_check_in:
-        if not client.consent_employer:
+        if not row.consent_employer:
             return "not sent: no consent to contact the employer"
-    elif client.opted_out_at is not None:
+    elif row.opted_out:
         return "not sent: the client stopped automated messages"
-    elif not client.consent_automated:
+    elif not row.consent_automated:
         return "not sent: no consent to automated messages"
+    fu_status = row.fu_status
     if fu_status in (FollowUpStatus.skipped, FollowUpStatus.cancelled):
-        return f"not sent: the follow-up was {fu_status.value}"
+        return f"not sent: the follow-up was {fu_status}"
     if row.purpose == Purpose.escalation and fu_status is not None and fu_status not in _STILL_UNANSWERED:
         # Answered (by the client, or a worker reached them) since the escalation was written.
         return "not sent: the check-in was answered or closed meanwhile"
     return None
 
 
-def _drop_unwanted(session: Session, rows: list[OutboxMessage], now: datetime) -> list[OutboxMessage]:
-    """Cancel (under our claim) the claimed rows that must not be sent any more; the rest.
-    One query for the clients' consent, one for the follow-ups' status, and one UPDATE per
-    reason (audited row by row by the bulk-update hook), whatever the batch's size."""
-    checked = [r for r in rows if r.client_id is not None and r.purpose in _CHECKED_PURPOSES]
-    if not checked:
-        session.commit()
-        return rows
-    client_ids = sorted({r.client_id for r in checked if r.client_id is not None})
-    clients = {
-        c.id: c
-        for c in session.execute(
-            sa_select(Client.id, Client.opted_out_at, Client.consent_automated, Client.consent_employer).where(
-                col(Client.id).in_(client_ids)
-            )
-        )
-    }
-    fu_ids = sorted({r.follow_up_id for r in checked if r.follow_up_id is not None})
-    fu_status: dict[int, FollowUpStatus] = {}
-    if fu_ids:
-        fu_status = dict(
-            (fu_id, status)
-            for fu_id, status in session.execute(
-                sa_select(FollowUp.id, FollowUp.status).where(col(FollowUp.id).in_(fu_ids))
-            )
-        )
+def _drop_unwanted(session: Session, rows: list[Claimed], now: datetime) -> list[Claimed]:
+    """Cancel (under our claim) the claimed rows that must not be sent any more; the rest. No
+    query for the check: the claim read the consent. One UPDATE per reason (rare, so audited row
+    by row by the bulk-update hook), whatever the batch's size."""
     keep, dropped = [], defaultdict(list)
     for row in rows:
-        fu = fu_status.get(row.follow_up_id) if row.follow_up_id is not None else None
-        reason = _unwanted(row, clients.get(row.client_id), fu)
+        reason = _unwanted(row)
         if reason is None:
             keep.append(row)
         else:
@@ -519,66 +568,121 @@ def _update_results(conn: Connection, table: Table, params: list[dict]) -> None:
         )
 
 
+def _mark_sent(session: Session, sent: list[tuple[int, str, str]], now: datetime) -> list[Row]:
+    """``(id, claim token, provider id)`` of rows sent: one ``UPDATE ... FROM`` these, passed as one
+    JSON array (no limit on bound parameters, nothing per row in Python); the rows it changed."""
+    t = _OUTBOX
+    status = t.c.status
+    if session.get_bind().dialect.name == "postgresql":
+        each = func.json_array_elements(cast(bindparam("sent", json.dumps(sent)), JSON)).table_valued("value")
+        sent_id, token, provider_id = (each.c.value.op("->>")(i) for i in range(3))
+        sent_id = cast(sent_id, Integer)
+    else:
+        each = func.json_each(bindparam("sent", json.dumps(sent))).table_valued("value")
+        sent_id, token, provider_id = (func.json_extract(each.c.value, f"$[{i}]") for i in range(3))
+        # Unary plus: not by the status index (every row of every batch in flight, each against
+        # the whole array), but each array entry by its id.
+        status = literal_column("+outbox_message.status", t.c.status.type)
+    return session.execute(
+        update(t)
+        .where(t.c.id == sent_id, t.c.claim_token == token, status == MessageStatus.sending)
+        .values(status=MessageStatus.sent, provider_id=provider_id, sent_at=now, updated_at=now)
+        .returning(t.c.id, t.c.office_id, t.c.provider_id),
+        execution_options={"audit_skip": True},  # a summary event per office, by the caller
+    ).all()
+
+
 def _record_results(
     factory: sessionmaker[Session],
-    rows: list[OutboxMessage],
+    rows: list[Claimed],
     results: dict[int, Sent | SendError | datetime],
     clock: Clock,
 ) -> None:
-    """Record every result under its claim: one read of the batch (locked on PostgreSQL, so a
-    status callback waits), one UPDATE (``_update_results``) and one insert of the audit events (the same
-    events, old and new values, as the flush hook writes). A row settled meanwhile (e.g. by a
-    status callback) is left alone. Permanent failures go row by row: each becomes a phone call."""
+    """Record every result under its claim; a row settled meanwhile (e.g. by a status callback)
+    is left alone. The usual result, sent (by a row without an earlier error to clear), for the
+    whole batch at once: ``_mark_sent`` and one summary audit event per office (old and new
+    status, the sending time, each row's provider id). The rest (retries, unknown, back to the
+    queue) with one read, one UPDATE (``_update_results``) and one audit event per row with its
+    old and new values; permanent failures row by row: each becomes a phone call."""
     now = clock.now()
     if not rows:
         return
-    table = OutboxMessage.__table__
+    sent, others = [], []
+    for claimed in rows:
+        result = results[claimed.id]
+        if isinstance(result, Sent) and claimed.error_code is None and claimed.error_reason is None:
+            sent.append((claimed.id, claimed.claim_token, result.provider_id))
+        else:
+            others.append(claimed)
     with session_scope(factory) as session:
-        current = sa_select(
-            table.c.id, table.c.office_id, table.c.claim_token, table.c.updated_at,
-            table.c.send_tz, table.c.window_start, table.c.window_end,
-            *(table.c[name] for name in _RESULT_COLUMNS),
-        ).where(table.c.id.in_(sorted(r.id for r in rows)))  # fmt: skip
-        if session.get_bind().dialect.name == "postgresql":
-            current = current.with_for_update()
-        conn = session.connection()
-        by_id = {r.id: r for r in conn.execute(current)}
-        params, events, failed = [], [], []
-        for claimed in rows:
-            cur = by_id.get(claimed.id)
-            if cur is None or cur.claim_token != claimed.claim_token or cur.status != MessageStatus.sending:
-                continue  # settled meanwhile: leave it
-            new = _result_values(cur, results[claimed.id], now)
-            if new is None:
-                failed.append(claimed)
-                continue
-            params.append({"b_id": cur.id, "b_token": cur.claim_token, **new})
-            changes = {
-                name: {"old": shown(name, getattr(cur, name)), "new": shown(name, value)}
-                for name, value in new.items()
-                if getattr(cur, name) != value
-            }
-            events.append(
-                event_row(
-                    session,
-                    action="update",
-                    record_type=table.name,
-                    record_id=cur.id,
-                    office_id=cur.office_id,
-                    changes=changes,
-                )
+        changed = _mark_sent(session, sent, now) if sent else []
+        record_events(
+            session,
+            summary_rows(
+                session,
+                action="update",
+                record_type=_OUTBOX.name,
+                records=[(sent_id, office_id) for sent_id, office_id, _ in changed],
+                changes={"status": (MessageStatus.sending, MessageStatus.sent), "sent_at": (None, now)},
+                per_record={"provider_id": (None, {sent_id: provider for sent_id, _, provider in changed})},
+            ),
+        )
+        if others:
+            _record_one_by_one(session, others, results, now)
+
+
+def _record_one_by_one(
+    session: Session, rows: list[Claimed], results: dict[int, Sent | SendError | datetime], now: datetime
+) -> None:
+    """The results other than a plain "sent": one read of these rows (locked on PostgreSQL, so a
+    status callback waits), one UPDATE and one insert of the audit events (the same events, old and
+    new values, as the flush hook writes)."""
+    table = _OUTBOX
+    current = sa_select(
+        table.c.id, table.c.office_id, table.c.claim_token, table.c.updated_at,
+        table.c.send_tz, table.c.window_start, table.c.window_end,
+        *(table.c[name] for name in _RESULT_COLUMNS),
+    ).where(table.c.id.in_(sorted(r.id for r in rows)))  # fmt: skip
+    if session.get_bind().dialect.name == "postgresql":
+        current = current.with_for_update()
+    conn = session.connection()
+    by_id = {r.id: r for r in conn.execute(current)}
+    params, events, failed = [], [], []
+    for claimed in rows:
+        cur = by_id.get(claimed.id)
+        if cur is None or cur.claim_token != claimed.claim_token or cur.status != MessageStatus.sending:
+            continue  # settled meanwhile: leave it
+        new = _result_values(cur, results[claimed.id], now)
+        if new is None:
+            failed.append(claimed)
+            continue
+        params.append({"b_id": cur.id, "b_token": cur.claim_token, **new})
+        changes = {
+            name: {"old": shown(name, getattr(cur, name)), "new": shown(name, value)}
+            for name, value in new.items()
+            if getattr(cur, name) != value
+        }
+        events.append(
+            event_row(
+                session,
+                action="update",
+                record_type=table.name,
+                record_id=cur.id,
+                office_id=cur.office_id,
+                changes=changes,
             )
-        if params:
-            _update_results(conn, table, params)
-            record_events(session, events)
-        for claimed in failed:
-            result = results[claimed.id]
-            row = session.get(OutboxMessage, claimed.id)
-            assert row is not None and isinstance(result, (PermanentError, TransientError))
-            row.updated_at = now
-            row.status, row.error_code, row.error_reason = MessageStatus.failed, result.code, result.reason
-            hand_to_worker(session, row, now)
-            session.add(row)
+        )
+    if params:
+        _update_results(conn, table, params)
+        record_events(session, events)
+    for claimed in failed:
+        result = results[claimed.id]
+        row = session.get(OutboxMessage, claimed.id)
+        assert row is not None and isinstance(result, (PermanentError, TransientError))
+        row.updated_at = now
+        row.status, row.error_code, row.error_reason = MessageStatus.failed, result.code, result.reason
+        hand_to_worker(session, row, now)
+        session.add(row)
 
 
 def hand_to_worker(session: Session, row: OutboxMessage, now: datetime) -> None:
