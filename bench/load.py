@@ -148,6 +148,7 @@ TEXT_BODIES = [
     "職場の人間関係で悩んでいます",
 ]
 URGENT_BODIES = ["3", "9", "もう辞めたいです。つらい"]
+WEBHOOK_API_WORKERS = 2  # on PostgreSQL; SQLite has one process for everything
 
 
 @dataclass
@@ -389,10 +390,11 @@ def bench_webhooks(kind: str, size: dict, run_id: str) -> dict:
             procs.append(server)
             layout = "one process: API and scheduler (as docs/deploy.md says for SQLite)"
         else:
-            server = api(f"{run_id}_hooks_api", db.url, scheduler=False)
+            # API processes are stateless (docs/deploy.md): two uvicorn workers, beside one scheduler.
+            server = api(f"{run_id}_hooks_api", db.url, workers=WEBHOOK_API_WORKERS, scheduler=False)
             procs.append(server)
             procs.append(scheduler_role(f"{run_id}_hooks_scheduler", db.url, server.port, **tick))
-            layout = "API process (uvicorn, 1 worker) + `teichaku scheduler` process"
+            layout = f"API (uvicorn, {WEBHOOK_API_WORKERS} workers) + `teichaku scheduler` process"
         for p in procs:
             p.wait_ready()
         url = f"http://127.0.0.1:{server.port}/webhooks/twilio/sms"

@@ -61,6 +61,7 @@ SIZES = {
         "dispatch_backlog": 5_000,
         "apscheduler": [300, 1_000],
         "email": 100,
+        "sms": 10,  # (5b) bench/sms.py: N from one sender, then N over three senders, at 1/s each
         "queue_calls": 60,
         # bench/load.py: (4) webhooks at a constant rate, (7) wrk on the queue endpoint
         "webhook_rate": 50,
@@ -81,6 +82,7 @@ SIZES = {
         "dispatch_backlog": 150_000,
         "apscheduler": [5_000, 20_000],
         "email": 500,
+        "sms": 60,
         "queue_calls": 200,
         "webhook_rate": 200,
         "webhook_seconds": 60,
@@ -100,6 +102,7 @@ SIZES = {
         "dispatch_backlog": 150_000,
         "apscheduler": [5_000, 20_000, 50_000],
         "email": 2_000,
+        "sms": 60,
         "queue_calls": 200,
         "webhook_rate": 200,
         "webhook_seconds": 60,
@@ -673,7 +676,7 @@ def bench_retention(db: Db, caseload: gen.Caseload, naive_rounds: int = 3) -> di
     """(6) Our job aggregate and our full report (jobs, employment spells, labels: what the API
     returns) against DuckDB computing the same on the same rows, and the job aggregate against a
     load-and-loop. All three give the same numbers (asserted); the rounds alternate the paths."""
-    from service.outcomes.retention import Grouping, _placements, _retention_counts, retention
+    from service.outcomes.retention import Grouping, _job_counts, retention
 
     as_of, office = gen.TODAY, caseload.office_id
     with Session(db.engine) as session:
@@ -686,11 +689,7 @@ def bench_retention(db: Db, caseload: gen.Caseload, naive_rounds: int = 3) -> di
     with Session(db.engine) as session:
         ours_job, ours_full = [], []
         for _ in range(5):
-            t, counts = timed(
-                lambda: _retention_counts(
-                    session, _placements(office_id=office, as_of=as_of, by=Grouping.worker), as_of=as_of, spells=False
-                )
-            )
+            t, counts = timed(lambda: _job_counts(session, office_id=office, as_of=as_of, by=Grouping.worker))
             ours_job.append(t)
             t, report = timed(lambda: retention(session, office_id=office, as_of=as_of, by=Grouping.worker))
             ours_full.append(t)
@@ -1042,46 +1041,6 @@ def bench_dispatch(db: Db, size: dict) -> dict:
     }
 
 
-# -- (5) e-mail: one connection for the batch against one per message ---------------------------
-
-
-def bench_email(size: dict) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from service.contacts.messaging.ports import Email, Sent
-    from service.contacts.messaging.smtp import SmtpAdapter
-    from tests.contacts.smtp_sink import smtp_sink
-
-    n = size["email"]
-    emails = [Email(i, f"c{i}@bench.example", "お仕事の様子", "お仕事の様子はいかがですか？\n" * 5) for i in range(n)]
-    reuse, single = [], []
-    with smtp_sink() as (sink, port):
-        for _ in range(size["rounds"]):
-            adapter = SmtpAdapter(host="127.0.0.1", port=port, sender="office@bench.example", rate_per_second=1e6)
-            t, res = timed(lambda a=adapter: asyncio.run(a.send_batch(emails)))
-            assert all(isinstance(r, Sent) for r in res) and adapter.connections == 1
-            reuse.append(n / t)
-            adapter = SmtpAdapter(host="127.0.0.1", port=port, sender="office@bench.example", rate_per_second=1e6)
-
-            async def one_by_one(a=adapter):
-                return [(await a.send_batch([e]))[0] for e in emails]
-
-            t, res = timed(lambda: asyncio.run(one_by_one()))
-            assert all(isinstance(r, Sent) for r in res) and adapter.connections == n
-            single.append(n / t)
-        received = len(sink.received)
-    assert received == 2 * n * size["rounds"]
-    s = {"reuse": stats(reuse), "one_connection_per_message": stats(single)}
-    ratio = s["reuse"]["median"] / s["one_connection_per_message"]["median"]
-    return {
-        "unit": "e-mails per second to a local aiosmtpd sink (rate limit lifted; higher is better)",
-        "messages_per_round": n,
-        "stats": s,
-        "ratios": {"reuse/one-per-message": ratio},
-        "targets": {"at least 20x": ratio >= 20},
-        "note": "on loopback a new connection costs little; over TLS to a real server the gap is wider",
-    }
-
-
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -1109,7 +1068,7 @@ def machine() -> dict:
     return info
 
 
-CASES = ("materialize", "queue", "retention", "dispatch", "email", "pages", "webhooks", "http")
+CASES = ("materialize", "queue", "retention", "dispatch", "email", "pages", "webhooks", "http", "sms")
 
 
 def run(kinds: list[str], size_name: str, only: set[str]) -> dict:
@@ -1162,8 +1121,15 @@ def run(kinds: list[str], size_name: str, only: set[str]) -> dict:
             out["results"][kind]["http"] = bench_http(kind, size, run_id)
             log(f"{kind}: http done")
     if "email" in only:
+        from bench.mail import bench_email  # (5a) pooled sessions against one per message, STARTTLS + AUTH
+
         out["results"]["smtp"] = {"email": bench_email(size)}
         log("email done")
+    if "sms" in only:
+        from bench.sms import bench_sms  # (5b) SMS pacing against a local endpoint enforcing 1/s per sender
+
+        out["results"]["twilio"] = {"sms": bench_sms(size)}
+        log("sms done")
     out["finished"] = datetime.now(UTC).isoformat()
     return out
 

@@ -56,6 +56,8 @@ def render(result: dict, json_name: str) -> str:
             lines += [f"## {name} — {kind}", ""]
             if case.get("run_size"):
                 lines += [f"*Measured in a run of size `{case['run_size']}` (a smoke run), not the size above.*", ""]
+            if case.get("run_machine"):
+                lines += [f"*Measured on another machine of the same kind: {case['run_machine']}.*", ""]
             lines += [f"Unit: {case.get('unit', '')}", ""]
             if name == "queue":
                 lines += [
@@ -141,6 +143,25 @@ def render(result: dict, json_name: str) -> str:
                     f"{chk['stop_confirmations']} STOP confirmations for {chk['stops_recorded']} STOPs",
                     f"- the tick meanwhile: {case['tick_during_run']}",
                 ]
+            elif name == "sms":  # bench/sms.py: the TwilioAdapter against a local endpoint enforcing 1/s per sender
+                lines += [
+                    "| run | senders | messages | wall s | theoretical s | wall/theoretical | gap min s | gap median s "
+                    "| gap max s | overruns | accepted once |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+                ]
+                for run_name, r in case["runs"].items():
+                    gaps = " | ".join(
+                        f"{r['gap_s'][k]:.4f}" if k in r["gap_s"] else "-" for k in ("min", "median", "max")
+                    )
+                    lines.append(
+                        f"| {run_name} | {r['senders']} | {r['messages']} | {r['wall_s']:.2f} | "
+                        f"{r['theoretical_s']:.0f} | {r['wall/theoretical']:.4f} | {gaps} | {r['overruns']} | "
+                        f"{_f(r['every_message_accepted_once'])} |"
+                    )
+                lines.append("")
+                lines += [f"- note: {case['note']}"] + [f"- target {k}: {_f(v)}" for k, v in case["targets"].items()]
+                lines.append("")
+                continue
             elif name == "http" and "by_workers" in case:  # bench/load.py: wrk, queue against /healthz
                 lines += [
                     "| uvicorn workers | path | req/s | p50 ms | p90 ms | p99 ms | non-2xx | socket errors |",
@@ -169,6 +190,7 @@ def render(result: dict, json_name: str) -> str:
                     "numbers_equal",
                     "placements_per_round",
                     "messages_per_round",
+                    "setup",
                     "skipped",
                     "note",
                 )
@@ -179,7 +201,7 @@ def render(result: dict, json_name: str) -> str:
     lines += [
         "## Not measured yet",
         "",
-        "- (5b) SMS pacing against a rate-enforcing endpoint, and size L.",
+        "- Size L.",
         "",
     ]
     return "\n".join(lines)
@@ -197,6 +219,9 @@ def merge(results: list[dict]) -> dict:
             for name, case in cases.items():  # a later run's case replaces an earlier one's, case by case
                 if isinstance(case, dict) and r.get("size") != merged.get("size"):
                     case = case | {"run_size": r.get("size")}
+                cpu = r.get("machine", {}).get("cpu")
+                if isinstance(case, dict) and cpu != merged["machine"].get("cpu"):
+                    case = case | {"run_machine": f"{cpu}, {r['machine'].get('cpus')} CPUs"}
                 merged["results"].setdefault(kind, {})[name] = case
         merged["started"] = min(merged["started"], r["started"])
         merged["finished"] = max(merged["finished"], r["finished"])
