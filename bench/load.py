@@ -21,8 +21,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,9 +34,9 @@ import httpx
 import sqlalchemy as sa
 
 from bench import generate as gen
+from bench.servers import DATA, Proc, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "bench" / "data"
 FAKE_NOW = "2026-04-20T11:00:00+09:00"  # gen.TODAY, inside the default sending window
 AUTH_TOKEN = "bench-twilio-auth-token-not-a-secret"
 SECRET_KEY = "bench-secret-key-not-a-secret-0123456789abcdef"
@@ -60,12 +58,6 @@ def app_factory():
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(url: str, public_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEICHAKU_") and k != "DATABASE_URL"}
     env |= {
@@ -79,44 +71,6 @@ def _env(url: str, public_port: int, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
     }
     return env | extra
-
-
-class Proc:
-    """A server subprocess in its own process group, its output in bench/data/<name>.log."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int) -> None:
-        DATA.mkdir(parents=True, exist_ok=True)
-        self.name, self.port = name, port
-        self.log_path = DATA / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.p = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.p.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.p.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self._log.closed:
-            return
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGTERM)  # our own group: uvicorn and its workers
-            try:
-                self.p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait()
-        self._log.close()
 
 
 def api(name: str, url: str, *, workers: int = 1, scheduler: bool = False, **extra: str) -> Proc:

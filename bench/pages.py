@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlmodel import Session, col, select
 
+from bench.servers import Proc, free_port
 from service.accounts.models import Office, Role, StaffUser
 from service.clock import FixedClock, SystemClock
 from service.contacts.messaging.models import OutboxMessage, Purpose
@@ -44,12 +43,6 @@ WORKER = "worker1@minato.example.jp"
 MANAGER = "manager@minato.example.jp"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _csrf(html: str) -> str:
     m = re.search(r'name="csrf_token" value="([^"]+)"', html)
     if not m:
@@ -58,13 +51,12 @@ def _csrf(html: str) -> str:
 
 
 class Server:
-    """``teichaku serve`` over ``url`` in a subprocess; its log goes to bench/data/pages-server-*.log."""
+    """``teichaku serve`` over ``url`` in a subprocess (bench/servers.py); its log goes to
+    bench/data/pages-server-*.log."""
 
     def __init__(self, url: str, tag: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = ROOT / "bench" / "data" / f"pages-server-{tag}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = os.environ | {
             "DATABASE_URL": url,
             "TEICHAKU_ENVIRONMENT": "development",
@@ -76,30 +68,16 @@ class Server:
         env.pop("TEICHAKU_DATABASE_URL", None)
         cmd = [sys.executable, "-c", "from service.cli import app; app()", "serve", "--no-scheduler",
                "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the server did not start in 60 s; see {self.log_path}")
-            time.sleep(0.1)
+        self.proc = Proc(f"pages-server-{tag}", cmd, env, self.port)
+        self.log_path = self.proc.log_path
+        try:
+            self.proc.wait_ready(timeout=60)
+        except RuntimeError:
+            self.proc.stop()
+            raise
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        self.proc.stop()
 
 
 def sign_in(base: str, email: str) -> httpx.Client:
