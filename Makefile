@@ -33,8 +33,10 @@ $(NODE_STAMP): tests/package.json tests/package-lock.json
 browser:
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium chromium-driver)
 
+# One pytest worker per core (pytest-xdist; each worker its own PostgreSQL database). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
 test: $(STAMP) $(NODE_STAMP) browser  ## the whole suite, on SQLite and (when it answers) PostgreSQL
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

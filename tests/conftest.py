@@ -1,8 +1,9 @@
 """Fixtures: every test that uses a database runs on SQLite and on PostgreSQL.
 
 SQLite: a database migrated once per run and copied for each test. PostgreSQL: a fresh
-database migrated once per run (``TEST_DATABASE_URL``, or ``teichaku_test`` on the local server),
-emptied after each test. Set ``REQUIRE_POSTGRES=1`` (CI does) to fail, not skip, when it is down.
+database migrated once per run (``TEST_DATABASE_URL``, or ``teichaku_test_<pid>`` on the local
+server; under ``pytest -n`` each worker's name gets ``_gw0``, ``_gw1``...), emptied after each test.
+Set ``REQUIRE_POSTGRES=1`` (CI does) to fail, not skip, when it is down.
 """
 
 from __future__ import annotations
@@ -38,10 +39,20 @@ def _require_postgres() -> bool:
     return os.environ.get("REQUIRE_POSTGRES", "") not in ("", "0", "false")
 
 
+def _own_database() -> bool:
+    """True when this process made its database (and drops it at the end): always but when
+    TEST_DATABASE_URL names one and the tests run in one process."""
+    return not os.environ.get("TEST_DATABASE_URL") or bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 def _prepare_postgres() -> str:
     url = os.environ.get("TEST_DATABASE_URL") or LOCAL_PG
     url = Settings(database_url=url).database_url
     target = make_url(url)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # pytest -n: each worker its own database
+    if worker:
+        target = target.set(database=f"{target.database}_{worker}")
+        url = target.render_as_string(hide_password=False)
     admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
@@ -69,7 +80,7 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"{reason}, and REQUIRE_POSTGRES is set")
         pytest.skip(f"{reason}; set TEST_DATABASE_URL or start the local server to run these")
     yield url
-    if not os.environ.get("TEST_DATABASE_URL"):
+    if _own_database():
         _drop_postgres(url)
 
 
