@@ -284,6 +284,7 @@ def status_callback(form: TwilioForm, session: SessionDep, clock: ClockDep, outb
     row.provider_id = row.provider_id or sid
     if new == MessageStatus.delivered:
         row.delivered_at = now
+        row.sent_at = row.sent_at or now  # delivered without a "sent" callback first: it went out by now
     if new == MessageStatus.sent and row.sent_at is None:
         row.sent_at = now
     if new == MessageStatus.failed:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, exists, update
+from sqlalchemy import bindparam, exists, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -235,7 +235,10 @@ _LATEST_SMS = (
         OutboxMessage.channel == MessageChannel.sms,
         col(OutboxMessage.status).in_([MessageStatus.sent, MessageStatus.delivered, MessageStatus.unknown]),
     )
-    .order_by(col(OutboxMessage.sent_at).desc(), col(OutboxMessage.id).desc())
+    # The latest by when it went out: a message whose send ended "unknown" has no sent_at, but its
+    # claim says when it was tried (NULLs last on both databases: PostgreSQL sorts them first).
+    .order_by(func.coalesce(OutboxMessage.sent_at, OutboxMessage.claimed_at).desc().nulls_last())
+    .order_by(col(OutboxMessage.id).desc())
     .limit(1)
 )
 

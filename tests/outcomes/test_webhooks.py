@@ -15,6 +15,7 @@ import random
 import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -338,6 +339,35 @@ def test_a_signed_sms_reply_records_an_outcome_and_the_follow_up_is_done(api, ht
     (inbound,) = rows(factory, InboundMessage)
     assert (inbound.provider_id, inbound.outbox_id, inbound.client_id) == ("SM" + "1" * 32, ci.outbox_id, ci.client_id)
     assert inbound.outcome_id == outcome.id and inbound.reply_class == "watch"
+
+
+@pytest.mark.parametrize("other_tried", ["earlier", "later"])
+def test_a_reply_answers_the_check_in_tried_last_even_when_a_send_ended_unknown(other_tried, api, http, factory, clock):
+    """A check-in whose send ended "unknown" has no sent_at (PostgreSQL sorts NULLs first): the
+    reply goes to whichever SMS was tried last, by its sending time or, without one, its claim."""
+    ci = sent_check_in(api, http, factory, clock)
+    with session_scope(factory) as s:
+        sent = s.get(OutboxMessage, ci.outbox_id)
+        (other,) = s.exec(
+            select(FollowUp)
+            .where(FollowUp.placement_id == sent.placement_id, FollowUp.id != ci.follow_up_id)
+            .order_by(FollowUp.id)
+            .limit(1)
+        ).all()
+        shift = timedelta(hours=-3 if other_tried == "earlier" else 3)
+        s.add(
+            OutboxMessage(
+                idempotency_key=f"maybe:{other.id}", office_id=sent.office_id, purpose=Purpose.check_in,
+                channel=MessageChannel.sms, follow_up_id=other.id, placement_id=sent.placement_id,
+                client_id=sent.client_id, to_address=sent.to_address, language="ja", body="-",
+                status=MessageStatus.unknown, next_attempt_at=sent.sent_at + shift,
+                claimed_at=sent.sent_at + shift, attempts=1,
+            )
+        )  # fmt: skip
+        other_id = other.id
+    assert post_signed(http, SMS, sms(ci, "1")).status_code == 200
+    answered = [o.follow_up_id for o in rows(factory, Outcome)]
+    assert answered == [ci.follow_up_id if other_tried == "earlier" else other_id]
 
 
 @pytest.mark.parametrize(
