@@ -18,6 +18,7 @@ from service import __version__, ops, policy
 from service.accounts.routes import router as accounts_router
 from service.audit.routes import router as audit_router
 from service.clock import Clock, SystemClock
+from service.contacts.messaging import outbox
 from service.contacts.messaging.outbox import Messaging
 from service.contacts.routes import router as contacts_router
 from service.db import make_engine, make_session_factory
@@ -81,7 +82,8 @@ def create_app(
             yield
         finally:
             if scheduler is not None:
-                scheduler.shutdown(wait=True)
+                scheduler.shutdown(wait=True)  # cancels a dispatch tick under way ...
+                await outbox.settle()  # ... which records what it sent and requeues the rest
             await app.state.messaging.email.aclose()  # QUIT the SMTP sessions kept open between ticks
             if own_engine:
                 eng.dispose()

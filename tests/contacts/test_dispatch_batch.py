@@ -156,3 +156,61 @@ def test_one_batch_of_mixed_results_is_recorded_row_by_row(factory, world, clock
     (back,) = recorded(e)
     assert back["attempts"] == {"old": 1, "new": 0} and back["next_attempt_at"]["new"] == later.isoformat()
     assert [ch["status"]["new"] for ch in recorded(d)] == ["failed"]
+
+
+class _Stalling:
+    """Twilio standing in: answers the first ``answer`` SMS at once, then takes one and never answers."""
+
+    def __init__(self, answer: int) -> None:
+        self.answer, self.handed = answer, []
+        self.stalled = asyncio.Event()
+
+    async def send_sms(self, sms):
+        self.handed.append(sms.outbox_id)
+        if len(self.handed) <= self.answer:
+            return Sent(f"SM{sms.outbox_id:032d}")
+        self.stalled.set()
+        await asyncio.Event().wait()  # the answer never comes before the service stops
+
+    async def start_call(self, call):  # pragma: no cover - no calls here
+        raise AssertionError("no calls in this test")
+
+
+def test_a_tick_stopped_mid_batch_keeps_what_was_sent_and_requeues_what_was_not_tried(api, http, factory, clock):
+    """The service stops while a tick sends (the scheduler's shutdown cancels it): the sent SMS are
+    recorded sent, the one in the adapter's hands "unknown" (it may have gone: never re-sent), and
+    the rest go back to the queue, due now and not counted as an attempt, for the next scheduler."""
+    from service.contacts.messaging.outbox import settle
+    from service.contacts.models import Channel
+    from service.jobs import JobContext, arun_job
+    from tests.outcomes.test_webhooks import check_in
+
+    for i in range(5):
+        check_in(api, factory, phone=f"090-1234-56{i:02d}", channel=Channel.sms)
+    m = http.app.state.messaging
+    assert run_job("plan_check_ins", factory, clock, m) == 5
+    twilio = _Stalling(answer=2)
+    m.phone = twilio
+
+    async def stop_mid_batch() -> None:
+        tick = asyncio.create_task(arun_job("dispatch", JobContext(factory, clock, m)))
+        await asyncio.wait_for(twilio.stalled.wait(), 10)
+        tick.cancel()  # what AsyncIOScheduler.shutdown does to a job under way
+        await settle()
+        assert tick.cancelled()
+
+    asyncio.run(stop_mid_batch())
+    by_id = {r.id: r for r in outbox(factory)}
+    sent, stalled = twilio.handed[:2], twilio.handed[2]
+    assert [by_id[i].status for i in sent] == [MessageStatus.sent] * 2
+    assert by_id[stalled].status == MessageStatus.unknown and by_id[stalled].attempts == 1
+    untried = set(by_id) - set(twilio.handed)
+    assert len(untried) == 2
+    for i in untried:
+        row = by_id[i]
+        assert (row.status, row.attempts) == (MessageStatus.queued, 0)
+        assert row.next_attempt_at <= clock.now()
+    # The next tick sends exactly the untried ones, nothing twice.
+    m.phone = _Stalling(answer=10)
+    assert run_job("dispatch", factory, clock, m) == 2
+    assert set(m.phone.handed) == untried

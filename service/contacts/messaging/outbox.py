@@ -421,9 +421,45 @@ async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, cl
                 results[row.id] = at
                 continue
         sendable.append(row)
+    in_flight: list[Claimed] = []  # handed to an adapter that has not answered yet
+    _RUNNING.add(asyncio.current_task())
+    try:
+        await _send(messaging, sendable, results, in_flight)
+    except asyncio.CancelledError:
+        # Stopped mid-batch (the service is shutting down): what was sent is recorded as sent, what
+        # was in the adapter's hands may have gone ("unknown", never re-sent), and the rest goes
+        # back to the queue untried, due now (for the next scheduler to start), not as an attempt.
+        for row in in_flight:
+            results.setdefault(row.id, MaybeSent("stopped", "the service stopped while sending it"))
+        for row in rows:
+            results.setdefault(row.id, now)
+        await asyncio.shield(asyncio.to_thread(_record_results, factory, rows, results, clock))
+        raise
+    finally:
+        _RUNNING.discard(asyncio.current_task())
+    await asyncio.to_thread(_record_results, factory, rows, results, clock)
+    return sum(1 for r in results.values() if isinstance(r, Sent))
+
+
+# The dispatch ticks of this process under way: the service waits for them when it stops.
+_RUNNING: set[asyncio.Task] = set()
+
+
+async def settle(timeout: float = 30.0) -> None:
+    """Wait (up to ``timeout`` seconds) for the dispatch ticks under way, e.g. cancelled by the
+    scheduler's shutdown, to record their results before the service's connections close."""
+    running = [t for t in _RUNNING if t is not asyncio.current_task() and not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=timeout)
+
+
+async def _send(messaging: Messaging, sendable: list[Claimed], results: dict, in_flight: list[Claimed]) -> None:
+    """Hand ``sendable`` to the adapters: the e-mails as one batch, then each SMS and call;
+    ``results`` gets each row's result as it comes, ``in_flight`` holds what is being handed over."""
     emails = [r for r in sendable if r.channel == MessageChannel.email]
     if emails:
         batch = [Email(r.id, r.to_address, r.subject or "", r.body) for r in emails]
+        in_flight[:] = emails
         try:
             sent = await messaging.email.send_batch(batch)
         except Exception as exc:  # an adapter bug must not leave rows claimed forever
@@ -433,6 +469,7 @@ async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, cl
     for row in sendable:
         if row.channel == MessageChannel.email:
             continue
+        in_flight[:] = [row]
         try:
             if row.channel == MessageChannel.sms:
                 results[row.id] = await messaging.phone.send_sms(Sms(row.id, row.to_address, row.body))
@@ -444,8 +481,7 @@ async def dispatch_once(factory: sessionmaker[Session], messaging: Messaging, cl
         except Exception as exc:
             log.exception("phone adapter failed")
             results[row.id] = MaybeSent("adapter", f"the phone adapter failed ({type(exc).__name__})")
-    await asyncio.to_thread(_record_results, factory, rows, results, clock)
-    return sum(1 for r in results.values() if isinstance(r, Sent))
+    in_flight.clear()
 
 
 _CHECKED_PURPOSES = (Purpose.check_in, Purpose.escalation, Purpose.employer_check_in, Purpose.program_invitation)
