@@ -30,6 +30,12 @@ class AuditEvent(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_audit_event_office_at", "office_id", "at"),
         sa.Index("ix_audit_event_record", "record_type", "record_id"),
+        # Summary events (many records changed at once, their ids in the changes): a record's
+        # history searches only these (service/audit/service.py).
+        sa.Index(
+            "ix_audit_event_summary", "office_id", "record_type",
+            sqlite_where=sa.text("record_id IS NULL"), postgresql_where=sa.text("record_id IS NULL"),
+        ),  # fmt: skip
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -37,11 +37,21 @@ def _filtered(
     until: datetime | None,
     dialect: str,
 ):
-    stmt = stmt.where(AuditEvent.office_id == office_id)
-    if record_type is not None:
-        stmt = stmt.where(AuditEvent.record_type == record_type)
-    if record_id is not None:  # its own events, and the summaries of batches it was part of
-        stmt = stmt.where(sa.or_(AuditEvent.record_id == record_id, _names(record_id, dialect)))
+    if record_id is None:
+        stmt = stmt.where(AuditEvent.office_id == office_id)
+        if record_type is not None:
+            stmt = stmt.where(AuditEvent.record_type == record_type)
+    else:  # its own events, and the summaries of batches it was part of
+        # Two lookups by their own indexes, the events then by id (an OR of the two, or the office
+        # filter outside, would read the office's whole trail): the record's own events
+        # (ix_audit_event_record), and the office's summary events only (ix_audit_event_summary,
+        # partial: record_id IS NULL) searched for the id. The office (and type) are checked in both.
+        own = select(AuditEvent.id).where(AuditEvent.record_id == record_id, AuditEvent.office_id == office_id)
+        named = select(AuditEvent.id).where(AuditEvent.office_id == office_id, _names(record_id, dialect))
+        if record_type is not None:
+            own = own.where(AuditEvent.record_type == record_type)
+            named = named.where(AuditEvent.record_type == record_type)
+        stmt = stmt.where(col(AuditEvent.id).in_(sa.union_all(own, named)))
     if actor_type is not None:
         stmt = stmt.where(AuditEvent.actor_type == actor_type)
     if actor_id is not None:
