@@ -109,6 +109,7 @@ class SinkHandler:
     # closed; "" closes it without a word. As a server that gave up on an idle session does.
     at_next_mail: str | None = None
     quits: list[tuple] = field(default_factory=list)  # peers that said QUIT
+    auth_answer: str | None = None  # set ("454 ..."): every sign-in is refused with this answer
     logins: list[tuple] = field(default_factory=list)  # peers that signed in
     lock: threading.Lock = field(default_factory=threading.Lock)
     loop: asyncio.AbstractEventLoop | None = None  # the server's (set by smtp_sink)
@@ -140,6 +141,8 @@ class SinkHandler:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == tuple(
             x.encode() for x in SINK_LOGIN
         )
+        if self.auth_answer:
+            return AuthResult(success=False, handled=False, message=self.auth_answer)
         if ok:
             with self.lock:
                 self.logins.append(session.peer)

@@ -391,6 +391,8 @@ class SmtpAdapter:
 
 def _connect_error(exc: BaseException) -> SendError:
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        if 400 <= exc.code < 500:  # 454 and the like: a sign-in that may work later
+            return TransientError(str(exc.code), "the mail server could not sign us in for now")
         return PermanentError(str(exc.code), "the mail server refused our sign-in")
     return TransientError("connect", f"the mail server could not be reached ({type(exc).__name__})")
 
