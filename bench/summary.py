@@ -228,7 +228,11 @@ def merge(results: list[dict]) -> dict:
     return merged
 
 
-if __name__ == "__main__":  # python -m bench.summary bench/results/A.json [B.json ...]
-    files = [Path(a) for a in sys.argv[1:]]
+if __name__ == "__main__":  # python -m bench.summary [--out FILE.md] bench/results/A.json [B.json ...]
+    args = sys.argv[1:]
+    out = None
+    if args[:1] == ["--out"]:
+        out, args = Path(args[1]), args[2:]
+    files = [Path(a) for a in args]
     runs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
-    write_summary(merge(runs), files[0].parent / "summary.md", ", ".join(f.name for f in files))
+    write_summary(merge(runs), out or files[0].parent / "summary.md", ", ".join(f.name for f in files))
