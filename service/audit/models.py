@@ -33,8 +33,11 @@ class AuditEvent(SQLModel, table=True):
         # Summary events (many records changed at once, their ids in the changes): a record's
         # history searches only these (service/audit/service.py).
         sa.Index(
-            "ix_audit_event_summary", "office_id", "record_type",
-            sqlite_where=sa.text("record_id IS NULL"), postgresql_where=sa.text("record_id IS NULL"),
+            "ix_audit_event_summary",
+            "office_id",
+            "record_type",
+            sqlite_where=sa.text("record_id IS NULL"),
+            postgresql_where=sa.text("record_id IS NULL"),
         ),  # fmt: skip
     )
 
