@@ -38,7 +38,7 @@ class AuditEvent(SQLModel, table=True):
             "record_type",
             sqlite_where=sa.text("record_id IS NULL"),
             postgresql_where=sa.text("record_id IS NULL"),
-        ),  # fmt: skip
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
