@@ -240,6 +240,8 @@ def test_a_server_that_hangs_up_mid_batch_loses_nothing(api, settings, factory, 
         assert by_to["c0@example.jp"].status == MessageStatus.sent
         for to in ("c1@example.jp", "c2@example.jp", "c3@example.jp"):
             assert by_to[to].status == MessageStatus.queued and by_to[to].next_attempt_at > clock.now()
+        # c1 was tried (and refused for now); c2 and c3 never reached the server: not an attempt.
+        assert [by_to[f"c{i}@example.jp"].attempts for i in (1, 2, 3)] == [1, 0, 0]
 
         retry = FixedClock(max(r.next_attempt_at for r in by_to.values()))
         assert run_job("dispatch", factory, retry, m) == 3

@@ -58,6 +58,7 @@ from service.contacts.messaging.ports import (
     Email,
     EmailPort,
     MaybeSent,
+    NotTried,
     PermanentError,
     PhonePort,
     SendError,
@@ -558,13 +559,15 @@ def _result_values(current: Row, result: Sent | SendError | datetime, now: datet
         new.update(error_code=None, error_reason=None)
     elif isinstance(result, MaybeSent):
         new.update(status=MessageStatus.unknown, error_code=result.code, error_reason=result.reason)
-    elif isinstance(result, TransientError) and current.attempts < MAX_ATTEMPTS:
-        backoff = BACKOFF[min(current.attempts - 1, len(BACKOFF) - 1)]
+    elif isinstance(result, TransientError) and (isinstance(result, NotTried) or current.attempts < MAX_ATTEMPTS):
+        backoff = BACKOFF[min(max(current.attempts - 1, 0), len(BACKOFF) - 1)]
         retry_at = now + backoff
         if current.send_tz and current.window_start and current.window_end:
             retry_at = next_in_window(retry_at, current.send_tz, current.window_start, current.window_end)
         new.update(status=MessageStatus.queued, error_code=result.code, error_reason=result.reason)
         new.update(next_attempt_at=retry_at)
+        if isinstance(result, NotTried):  # the batch stopped before it: this was no attempt
+            new.update(attempts=current.attempts - 1)
     else:
         assert isinstance(result, (PermanentError, TransientError))
         return None

@@ -33,6 +33,11 @@ class MaybeSent(SendError):
     pass
 
 
+class NotTried(TransientError):
+    """Never handed to the provider (the batch stopped before it): retried later, and not counted
+    as an attempt, so a server that keeps closing the line cannot use up a message's attempts."""
+
+
 @dataclass(frozen=True)
 class Email:
     outbox_id: int

@@ -24,6 +24,7 @@ import aiosmtplib
 from service.contacts.messaging.ports import (
     Email,
     MaybeSent,
+    NotTried,
     PermanentError,
     SendError,
     Sent,
@@ -194,6 +195,8 @@ class SmtpAdapter:
             self._idle.extend(sorted(b.ready, key=lambda s: s.last_used))
             self._schedule_reaper(loop)
         rest = b.halt or TransientError("halted", "the mail server took no more for now")
+        if not isinstance(rest, PermanentError):  # the rest was never handed over: not an attempt
+            rest = NotTried(rest.code, rest.reason)
         return [r if r is not None else rest for r in results]
 
     async def _send_one(
