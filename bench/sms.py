@@ -172,7 +172,8 @@ ONE_SENDER = "+15005550001"
 SENDERS = ("+15005550002", "+15005550003", "MG" + "fedcba9876543210" * 2)  # two numbers, a messaging service
 
 
-def _adapter(endpoint: SmsEndpoint, sender: str, rate: float) -> TwilioAdapter:
+def adapter(endpoint: SmsEndpoint, sender: str, rate: float = 1.0) -> TwilioAdapter:
+    """The real adapter (the real twilio client), its base URL pointed at ``endpoint``."""
     return TwilioAdapter(
         account_sid=ACCOUNT_SID,
         auth_token=AUTH_TOKEN,
@@ -183,7 +184,7 @@ def _adapter(endpoint: SmsEndpoint, sender: str, rate: float) -> TwilioAdapter:
     )
 
 
-def _sms(i: int) -> Sms:
+def sms(i: int) -> Sms:
     return Sms(i, f"+8190{i:08d}", f"お仕事の様子はいかがですか？ ({i})")
 
 
@@ -204,20 +205,20 @@ def send_round(endpoint: SmsEndpoint, per_sender: dict[str, int], *, all_at_once
     """Send ``per_sender[sender]`` messages from each sender through ``send_sms`` and check what the
     endpoint saw. Senders always run side by side; ``all_at_once`` starts every send of a sender at
     once too (else one after the other, as ``dispatch_once`` sends)."""
-    adapters = {sender: _adapter(endpoint, sender, rate) for sender in per_sender}
+    adapters = {sender: adapter(endpoint, sender, rate) for sender in per_sender}
     ids = iter(range(1, 1 + sum(per_sender.values())))
-    batches = {sender: [_sms(next(ids)) for _ in range(n)] for sender, n in per_sender.items()}
+    batches = {sender: [sms(next(ids)) for _ in range(n)] for sender, n in per_sender.items()}
     overruns_before = len(endpoint.overruns)
     before = {sender: len(endpoint.accepted.get(sender, [])) for sender in per_sender}
 
     async def one_sender(sender: str) -> list[Sent | SendError]:
-        adapter, batch = adapters[sender], batches[sender]
+        to, batch = adapters[sender], batches[sender]
         if all_at_once:
-            return list(await asyncio.gather(*(adapter.send_sms(m) for m in batch), return_exceptions=True))
+            return list(await asyncio.gather(*(to.send_sms(m) for m in batch), return_exceptions=True))
         out: list[Sent | SendError] = []
         for m in batch:
             try:
-                out.append(await adapter.send_sms(m))
+                out.append(await to.send_sms(m))
             except SendError as exc:
                 out.append(exc)
         return out

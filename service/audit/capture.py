@@ -250,6 +250,16 @@ def created_changes(values: dict[str, Any]) -> dict[str, Any]:
     return {k: {"old": None, "new": shown(k, v)} for k, v in values.items() if k != "id" and v is not None and v != []}
 
 
+def updated_changes(current: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """What the flush hook records for an updated row: each column of ``new`` whose value differs
+    from ``current``'s attribute of that name (a row read before the update), old and new."""
+    return {
+        name: {"old": shown(name, getattr(current, name)), "new": shown(name, value)}
+        for name, value in new.items()
+        if getattr(current, name) != value
+    }
+
+
 def record_inserted(session: Session, *, table: sa.Table, rows: list[dict[str, Any]], ids: list[int]) -> None:
     """A Core insert does not pass through the flush hook: its rows' "create" events, one per row,
     the same as the hook would write (every column given in ``rows``, ``ids`` in the same order)."""

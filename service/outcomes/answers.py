@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office
-from service.audit.capture import created_changes, event_row, record_events, shown
+from service.audit.capture import created_changes, event_row, record_events, updated_changes
 from service.clock import Clock
 from service.contacts.messaging.models import (
     InboundMessage,
@@ -376,11 +376,6 @@ def _close_follow_up(session: Session, fu: AnsweredFollowUp, source: str, now: d
     result = session.connection().execute(_CLOSE_FOLLOW_UP, {"b_id": fu.id, **new})
     if (result.rowcount or 0) != 1:
         return []
-    changes = {
-        name: {"old": shown(name, getattr(fu, name)), "new": shown(name, value)}
-        for name, value in new.items()
-        if getattr(fu, name) != value
-    }
     return [
         event_row(
             session,
@@ -388,7 +383,7 @@ def _close_follow_up(session: Session, fu: AnsweredFollowUp, source: str, now: d
             record_type=_FOLLOW_UP_TABLE.name,
             record_id=fu.id,
             office_id=fu.office_id,
-            changes=changes,
+            changes=updated_changes(fu, new),
         )
     ]
 

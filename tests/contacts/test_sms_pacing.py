@@ -12,9 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.sms import ACCOUNT_SID, AUTH_TOKEN, SmsEndpoint
-from service.contacts.messaging.ports import Sent, Sms, TransientError
-from service.contacts.messaging.twilio_adapter import TwilioAdapter
+from bench.sms import SmsEndpoint, adapter, sms
+from service.contacts.messaging.ports import Sent, TransientError
 
 SERVICE_SID = "MG" + "0a1b2c3d4e5f6071" * 2
 
@@ -23,21 +22,6 @@ SERVICE_SID = "MG" + "0a1b2c3d4e5f6071" * 2
 def endpoint() -> Iterator[SmsEndpoint]:
     with SmsEndpoint(interval=1.0) as e:
         yield e
-
-
-def adapter(endpoint: SmsEndpoint, sender: str, rate: float = 1.0) -> TwilioAdapter:
-    return TwilioAdapter(
-        account_sid=ACCOUNT_SID,
-        auth_token=AUTH_TOKEN,
-        sender=sender,
-        public_url="https://teichaku.example.jp",
-        base_url=endpoint.url,
-        rate_per_second=rate,
-    )
-
-
-def sms(i: int) -> Sms:
-    return Sms(i, f"+8190{i:08d}", f"check-in {i}")
 
 
 async def all_at_once(*sends) -> list:

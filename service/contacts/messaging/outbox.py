@@ -48,7 +48,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office
-from service.audit.capture import event_row, record_events, shown, summary_rows
+from service.audit.capture import event_row, record_events, summary_rows, updated_changes
 from service.clock import Clock
 from service.contacts import service as contacts
 from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
@@ -696,11 +696,6 @@ def _record_one_by_one(
             failed.append(claimed)
             continue
         params.append({"b_id": cur.id, "b_token": cur.claim_token, **new})
-        changes = {
-            name: {"old": shown(name, getattr(cur, name)), "new": shown(name, value)}
-            for name, value in new.items()
-            if getattr(cur, name) != value
-        }
         events.append(
             event_row(
                 session,
@@ -708,7 +703,7 @@ def _record_one_by_one(
                 record_type=table.name,
                 record_id=cur.id,
                 office_id=cur.office_id,
-                changes=changes,
+                changes=updated_changes(cur, new),
             )
         )
     if params:
