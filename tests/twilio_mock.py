@@ -1,6 +1,6 @@
 """Twilio's own API, mocked from its own OpenAPI description by Prism (``@stoplight/prism-cli``).
 
-Prism serves ``twilio_api_v2010.json`` (kept in ``shared/twilio-oai/`` beside the repository) and
+Prism serves ``twilio_api_v2010.json`` (Twilio's own, MIT, vendored in ``tests/twilio-oai/``) and
 validates every request against it: a request that does not conform gets a 422 problem document
 instead of the 201, so a message the real ``twilio`` client created through it is one whose
 request was right. Prism is installed from ``tests/package.json`` (``make test`` runs ``npm ci``).
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC = REPO.parent / "shared" / "twilio-oai" / "twilio_api_v2010.json"
+SPEC = REPO / "tests" / "twilio-oai" / "twilio_api_v2010.json"
 PRISM = REPO / "tests" / "node_modules" / ".bin" / "prism"
 START_TIMEOUT = 90.0
 
@@ -63,7 +63,7 @@ def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
     if not SPEC.is_file():
         pytest.fail(
             f"Twilio's OpenAPI description is missing: expected {SPEC} "
-            "(shared/twilio-oai/ beside the repository checkout)"
+            "(tests/twilio-oai/, vendored from twilio/twilio-oai)"
         )
     if not PRISM.exists():
         pytest.fail(
