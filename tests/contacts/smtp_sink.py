@@ -5,7 +5,9 @@ EHLO), stamps each accepted message with the time it arrived, and can answer cho
 recipients with chosen codes ("550 ..." permanently, "451 ..." for now, "421 ..." and hang up),
 once or always. It records the QUITs it is sent and the time of every MAIL FROM, can hang up on
 every open session (as a server does at its idle timeout), at the next MAIL FROM, or in the middle
-of a chosen recipient's DATA.
+of a chosen recipient's DATA. It offers PIPELINING (RFC 2920) in its EHLO answer, as Postfix does,
+unless made with ``pipelining=False``, and records every read it takes from a client (``reads``):
+commands that arrive together, pipelined, come in one read.
 
 ``smtp_sink(tls=True)`` makes it a server as in production: STARTTLS required, with a certificate
 for 127.0.0.1 from a throwaway CA made at test time (``trustme``), and sign-in (AUTH) required;
@@ -33,7 +35,7 @@ from email.policy import default as default_policy
 
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from service.contacts.messaging.outbox import Messaging
 from service.settings import Settings
@@ -111,6 +113,9 @@ class SinkHandler:
     quits: list[tuple] = field(default_factory=list)  # peers that said QUIT
     auth_answer: str | None = None  # set ("454 ..."): every sign-in is refused with this answer
     logins: list[tuple] = field(default_factory=list)  # peers that signed in
+    ehlo_delay: float = 0.0  # seconds before answering EHLO (a server slow to open a session)
+    pipelining: bool = True  # offered in the EHLO answer (aiosmtpd reads pipelined commands either way)
+    reads: list[tuple[tuple, bytes]] = field(default_factory=list)  # (peer, bytes) of every read, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
     loop: asyncio.AbstractEventLoop | None = None  # the server's (set by smtp_sink)
     _open: dict[tuple, object] = field(default_factory=dict)  # peer -> its aiosmtpd SMTP, while open
@@ -124,6 +129,10 @@ class SinkHandler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         self._seen(server, session)
+        if self.ehlo_delay:
+            await asyncio.sleep(self.ehlo_delay)
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_HELO(self, server, session, envelope, hostname):
@@ -222,6 +231,27 @@ class SinkHandler:
         with self.lock:
             return [r.outbox_id for r in self.received]
 
+    def reads_from(self, peer: tuple, first: bytes = b"MAIL FROM:") -> list[bytes]:
+        """The reads taken from ``peer``, from the first that begins with ``first`` on."""
+        with self.lock:
+            got = [data for p, data in self.reads if p == peer]
+        return got[next((i for i, d in enumerate(got) if d.startswith(first)), len(got)) :]
+
+
+class _RecordingSMTP(SMTP):
+    """aiosmtpd's server, noting every read it takes (after TLS: the plain text)."""
+
+    def data_received(self, data: bytes) -> None:
+        handler = self.event_handler
+        with handler.lock:
+            handler.reads.append((self.session.peer if self.session else None, bytes(data)))
+        super().data_received(data)
+
+
+class _Controller(Controller):
+    def factory(self):  # type: ignore[no-untyped-def]
+        return _RecordingSMTP(self.handler, **self.SMTP_kwargs)
+
 
 @contextmanager
 def smtp_sink(port: int | None = None, *, tls: bool = False, **kw) -> Iterator[tuple[SinkHandler, int]]:
@@ -233,7 +263,7 @@ def smtp_sink(port: int | None = None, *, tls: bool = False, **kw) -> Iterator[t
     if tls:
         secure = {"tls_context": _Tls.get()[0], "require_starttls": True,
                   "authenticator": handler.authenticate, "auth_required": True}  # fmt: skip
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10, **secure)
+    controller = _Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10, **secure)
     controller.start()
     handler.loop = controller.loop
     # aiosmtpd warns on every sign-in that a field it sets itself is deprecated; nothing of ours.

@@ -2,10 +2,14 @@
 persistent sessions, each opened once (STARTTLS and sign-in included) and reused across batches and
 dispatch ticks. A session kept from an earlier batch that the server has meanwhile dropped (closed,
 or 421 at its idle timeout) is reopened and the message sent again, but only when the failure came
-before DATA, so nothing handed over is ever sent twice; one cut off after DATA began stays "maybe
-sent". Idle sessions are closed after a while, and all of them on shutdown (``aclose``). Messages go
-out over several sessions at once when one cannot keep up with the send rate, which is never
-exceeded however many sessions there are. Every message gets a unique Message-ID."""
+before DATA (pipelined: before the content), so nothing handed over is ever sent twice; one cut off
+after that stays "maybe sent". Idle sessions are closed after a while, and all of them on shutdown
+(``aclose``). Messages go out over several sessions at once when one cannot keep up with the send
+rate, which is never exceeded however many sessions there are. Every message gets a unique Message-ID.
+
+Where the server offers PIPELINING (RFC 2920; Postfix and most relays do), MAIL FROM, RCPT TO and DATA
+go out in one write and their answers are read after: two round trips a message (envelope, then the
+content) instead of four. A server that does not offer it is spoken to one command at a time."""
 
 from __future__ import annotations
 
@@ -15,11 +19,22 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
+from email.policy import default as default_policy
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING
 
 import aiosmtplib
+from aiosmtplib.email import extract_recipients, extract_sender, flatten_message, quote_address
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    MAX_RESPONSE_LENGTH,
+    PERIOD_REGEX,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
+from aiosmtplib.response import SMTPResponse
 
 from service.contacts.messaging.ports import (
     Email,
@@ -62,18 +77,211 @@ class RateLimiter:
         self._next = max(self._next, time.monotonic() + self.interval)
 
 
+class _HeaderClasses(HeaderRegistry):
+    """The standard library's header factory makes a new class (a ``type()`` call) for every header it
+    parses, the most of a message's building time; this one makes one per header name and keeps it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        if (cls := self._made.get(key)) is None:
+            cls = self._made[key] = super().__getitem__(name)
+        return cls
+
+
+_POLICY = default_policy.clone(header_factory=_HeaderClasses())  # the default policy otherwise
+
+
 def _domain(address: str) -> str:
     return address.rsplit("@", 1)[-1].strip(">") or "teichaku.local"
 
 
+class _PipeliningProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, able to pipeline. Its own reading pairs one answer with each command
+    written and drops whatever arrives while no answer is awaited; inside ``pipelined()`` every byte
+    that arrives is kept instead, and ``answer()`` takes the answers from the buffer one by one, in
+    order, however the server's writes were cut into reads."""
+
+    _piped = False
+    _eof = False
+    _arrival: asyncio.Future[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def pipelined(self):  # type: ignore[no-untyped-def]
+        lock = self._command_lock
+        if lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        async with lock:  # no other command in between
+            del self._buffer[:]  # anything there came unasked (aiosmtplib drops that too)
+            self._piped = True
+            try:
+                yield self
+            finally:
+                self._piped = False
+                self._arrival = None
+                del self._buffer[:]
+
+    async def answer(self, timeout: float | None) -> SMTPResponse:
+        """The next answer of a pipelined exchange; ``timeout`` seconds at most."""
+        assert self._piped
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            response = self._read_response_from_buffer()
+            if response is not None:
+                return response
+            if len(self._buffer) > MAX_RESPONSE_LENGTH:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            if self._eof or self.transport is None or self.transport.is_closing():
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            self._arrival = self._loop.create_future()
+            left = None if deadline is None else max(0.0, deadline - self._loop.time())
+            try:
+                await asyncio.wait_for(self._arrival, left)
+            except TimeoutError as exc:
+                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
+    def data_received(self, data: bytes) -> None:
+        if not self._piped:
+            super().data_received(data)
+            return
+        self._buffer.extend(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrival is not None and not self._arrival.done():
+            self._arrival.set_result(None)
+
+
 class _SMTP(aiosmtplib.SMTP):
-    """Notes when DATA is begun: a session that breaks before that has handed nothing over."""
+    """Notes when the content is begun: a session that breaks before that has handed nothing over.
+    Sends a message pipelined where the server offers it (``send``)."""
 
     data_started = False
 
+    async def connect(self, *args, **kwargs) -> SMTPResponse:  # type: ignore[no-untyped-def]
+        response = await super().connect(*args, **kwargs)
+        # The same protocol object (its transport, its TLS), with the pipelined exchange added.
+        if type(self.protocol) is SMTPProtocol:
+            self.protocol.__class__ = _PipeliningProtocol
+        return response
+
     async def data(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self.data_started = True
+        self.data_started = True  # aiosmtplib's DATA sends the content as soon as the 354 comes: set before
         return await super().data(*args, **kwargs)
+
+    async def send(self, msg: EmailMessage, *, pipelining: bool = True) -> None:
+        """``send_message``, pipelined where the server offers it; the same errors either way."""
+        await self._ehlo_or_helo_if_needed()
+        if pipelining and self.supports_extension("pipelining") and isinstance(self.protocol, _PipeliningProtocol):
+            await self._send_pipelined(msg)
+        else:
+            await self.send_message(msg)
+
+    def _envelope(self, msg: EmailMessage) -> tuple[str, list[str], bytes, bytes]:
+        """What ``send_message`` and ``sendmail`` make of ``msg``: the sender, the recipients, the
+        MAIL FROM and RCPT TO lines (one per recipient, in order), and the content as DATA sends it."""
+        sender, recipients = extract_sender(msg), extract_recipients(msg)
+        if sender is None:
+            raise ValueError("No From header provided in message")
+        if not recipients:
+            raise ValueError("No recipient headers provided in message")
+        options: list[str] = []
+        utf8 = not (sender + "".join(recipients)).isascii()
+        if utf8:
+            if not self.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported("An address is not ASCII, and the server has no SMTPUTF8")
+            options.append("SMTPUTF8")
+        cte_type = "7bit"
+        if self.supports_extension("8BITMIME"):
+            options.append("BODY=8BITMIME")
+            cte_type = "8bit"
+        content = normalize_message_line_endings(flatten_message(msg, utf8=utf8, cte_type=cte_type))
+        if self.supports_extension("size"):
+            options.insert(0, f"size={len(content)}")
+        encoding = "utf-8" if utf8 else "ascii"
+
+        def line(*args: bytes) -> bytes:
+            if any(COMMAND_INJECTION_REGEX.search(arg) for arg in args):
+                raise ValueError("Command arg contains a prohibited control character")
+            return b" ".join(args) + b"\r\n"
+
+        mail_options = (o.encode("ascii") for o in options)
+        commands = line(b"MAIL", b"FROM:" + quote_address(sender).encode(encoding), *mail_options)
+        commands += b"".join(line(b"RCPT", b"TO:" + quote_address(r).encode(encoding)) for r in recipients)
+        return sender, recipients, commands, PERIOD_REGEX.sub(b"..", content) + b".\r\n"
+
+    async def _send_pipelined(self, msg: EmailMessage) -> dict[str, SMTPResponse]:
+        """MAIL FROM, RCPT TO and DATA in one write, then their answers; the content only after
+        DATA's 354, so a session that breaks before that has handed nothing over. Raises what
+        ``sendmail`` raises (SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataError; the line's
+        errors) and resets the envelope (RSET) after a refusal as it does; returns the recipients
+        refused when others were taken, as it does."""
+        sender, recipients, envelope, content = self._envelope(msg)
+        protocol = self.protocol
+        if not isinstance(protocol, _PipeliningProtocol):
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        answers: list[SMTPResponse] = []
+        try:
+            async with protocol.pipelined():
+                protocol.write(envelope + b"DATA\r\n")
+                broken: Exception | None = None
+                try:
+                    while len(answers) < len(recipients) + 2:  # MAIL FROM's, each RCPT TO's, DATA's
+                        answers.append(await protocol.answer(self.timeout))
+                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+                    broken = exc
+                refusal, refused = _refusal(sender, recipients, answers)
+                if broken is not None:
+                    self.close()
+                    raise refusal or broken  # a refusal answered before the line went still stands
+                data = answers[-1]
+                if refusal is None and data.code != 354:
+                    refusal = aiosmtplib.SMTPDataError(data.code, data.message)
+                if refusal is None:
+                    self.data_started = True
+                    protocol.write(content)
+                    answers.append(done := await protocol.answer(self.timeout))
+                    if done.code != 250:
+                        refusal = aiosmtplib.SMTPDataError(done.code, done.message)
+                elif data.code == 354:  # DATA taken although nothing can be delivered: end it, empty
+                    protocol.write(b".\r\n")
+                    answers.append(await protocol.answer(self.timeout))
+        except BaseException:
+            self.close()  # the line is gone, or out of step with the answers: of no further use
+            raise
+        if any(a.code == 421 for a in answers):  # "closing the channel": as execute_command does
+            self.close()
+        if refusal is not None:
+            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+                await self.rset()
+            raise refusal
+        return refused
+
+
+def _refusal(
+    sender: str, recipients: list[str], answers: list[SMTPResponse]
+) -> tuple[aiosmtplib.SMTPException | None, dict[str, SMTPResponse]]:
+    """What ``sendmail`` raises for these answers to MAIL FROM and RCPT TO (as many as came), and
+    the recipients refused."""
+    if answers and answers[0].code != 250:
+        return aiosmtplib.SMTPSenderRefused(answers[0].code, answers[0].message, sender), {}
+    got = zip(recipients, answers[1 : 1 + len(recipients)], strict=False)
+    refused = [aiosmtplib.SMTPRecipientRefused(a.code, a.message, r) for r, a in got if a.code not in (250, 251)]
+    if len(refused) == len(recipients):
+        return aiosmtplib.SMTPRecipientsRefused(refused), {}
+    return None, {e.recipient: SMTPResponse(e.code, e.message) for e in refused}
 
 
 @dataclass(eq=False)
@@ -111,8 +319,12 @@ class SmtpAdapter:
         pool_size: int = 4,
         idle_seconds: float = 60.0,
         ca_file: str | None = None,
+        pipelining: bool = False,
     ) -> None:
         self.host, self.port, self.sender = host, port, sender
+        # where the server offers it. Off by default: with it on, a dispatch tick hung in
+        # tests/test_multiprocess.py (two scheduler processes, one sink); to be found before it is turned on.
+        self.pipelining = pipelining
         self.username, self.password = username, password
         self.starttls, self.timeout = starttls, timeout
         self.limiter = RateLimiter(rate_per_second)
@@ -121,7 +333,7 @@ class SmtpAdapter:
         self.tls_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.connections = 0  # how many SMTP sessions were opened (for tests and benchmarks)
         self._idle: list[_Session] = []  # open and not in use, the most recently used last
-        self._open = 0  # open sessions, idle or in use
+        self._open = 0  # open sessions, idle, in use or being opened
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task] = set()
@@ -149,7 +361,7 @@ class SmtpAdapter:
         return len(self._idle)
 
     def _message(self, e: Email) -> EmailMessage:
-        msg = EmailMessage()
+        msg = EmailMessage(policy=_POLICY)
         msg["From"] = self.sender
         msg["To"] = e.to
         msg["Subject"] = e.subject
@@ -224,7 +436,7 @@ class SmtpAdapter:
                 session.proven = True
             elif result.code == "421":  # "closing the channel" (RFC 5321): back off, nothing more now
                 b.halt = b.halt or TransientError("421", "the mail server closed the connection")
-            elif result.code == "connect" or isinstance(result, PermanentError):  # could not reopen
+            elif result.code == "connect" or isinstance(result, PermanentError | NotTried):  # could not reopen
                 b.halt = b.halt or result
             else:  # the connection broke: what was not handed over yet waits for the next dispatch
                 b.halt = b.halt or TransientError("disconnected", "the mail server connection broke")
@@ -246,7 +458,7 @@ class SmtpAdapter:
         """One try over ``session``: its result, and whether the session can go on."""
         session.smtp.data_started = False
         try:
-            await session.smtp.send_message(msg)
+            await session.smtp.send(msg, pipelining=self.pipelining)
             return Sent(msg["Message-ID"]), True
         except aiosmtplib.SMTPRecipientsRefused as exc:
             code = min((r.code for r in exc.recipients), default=550)
@@ -321,15 +533,16 @@ class SmtpAdapter:
             start_tls=bool(self.starttls),
             tls_context=self.tls_context,
         )
+        self._open += 1  # counted while it opens: no other is opened beside it meanwhile beyond the pool's size
         try:
             await smtp.connect()
             self.connections += 1
             if self.username:
                 await smtp.login(self.username, self.password or "")
         except BaseException:
+            self._open -= 1
             smtp.close()
             raise
-        self._open += 1
         return _Session(smtp, time.monotonic())
 
     async def _close(self, session: _Session) -> None:
@@ -396,7 +609,15 @@ def _connect_error(exc: BaseException) -> SendError:
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         if 400 <= exc.code < 500:  # 454 and the like: a sign-in that may work later
             return TransientError(str(exc.code), "the mail server could not sign us in for now")
-        return PermanentError(str(exc.code), "the mail server refused our sign-in")
+        # 535 and the like: our user name or password is wrong, or the account may not send. No e-mail
+        # is at fault and none can go until someone fixes the account: they stay queued (not an
+        # attempt, so none fails for good and becomes a worker's phone call), and the log says why.
+        log.error(
+            "the mail server refused our sign-in (%s): check TEICHAKU_SMTP_USERNAME and TEICHAKU_SMTP_PASSWORD;"
+            " e-mails stay queued until it succeeds",
+            exc.code,
+        )
+        return NotTried(str(exc.code), "the mail server refused our sign-in")
     return TransientError("connect", f"the mail server could not be reached ({type(exc).__name__})")
 
 
