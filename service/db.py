@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -76,7 +77,38 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection is pinged on checkout only when it has sat idle in the pool this long (the
+# server restarted, a proxy or firewall dropped it meanwhile). One in steady use is not: at
+# hundreds of webhooks a second ``pool_pre_ping`` made every request a round trip longer
+# (issue 7). A connection that dies while in use fails that request (a 500: Twilio delivers again)
+# and SQLAlchemy, seeing a disconnect, invalidates the pool's older connections too, so the next
+# requests reconnect.
+IDLE_PING_SECONDS = 5.0
+_CHECKED_IN = "teichaku_checked_in"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_CHECKED_IN)
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return  # new, or back in the pool a moment ago
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise sa.exc.DisconnectionError("a pooled connection did not answer a ping") from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -25,8 +25,9 @@ from service.audit.models import ActorType
 from service.clock import Clock
 from service.contacts.messaging import outbox
 from service.db import session_scope
+from service.maintenance import optimize_database
+from service.outcomes import answers, program
 from service.outcomes import jobs as follow_up_jobs
-from service.outcomes import program
 from service.schedules.jobs import mark_missed
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,17 @@ JOBS: dict[str, SyncJob | AsyncJob] = {
     "escalate_unanswered": lambda s, ctx: follow_up_jobs.escalate_unanswered(s, ctx.clock, ctx.messaging),
     "morning_digest": lambda s, ctx: follow_up_jobs.morning_digest(s, ctx.clock, ctx.messaging),
     "deliver_alerts": lambda s, ctx: follow_up_jobs.deliver_alerts(s, ctx.clock, ctx.messaging),
+    # SQLite's planner statistics (ANALYZE), daily; nothing on PostgreSQL (autovacuum does it).
+    "optimize_database": lambda s, ctx: optimize_database(s, ctx.clock),
     "plan_program_sessions": lambda s, ctx: program.plan_program_sessions(
         s, ctx.clock, ctx.messaging, program.config_at(ctx.messaging.settings.config_dir / "program.toml")
     ),
+    # SMS kept (Twilio answered) but not acted on: their process stopped right after (issue 7).
+    "process_replies": lambda ctx: asyncio.to_thread(
+        answers.process_waiting_sms, ctx.factory, ctx.messaging, ctx.clock
+    ),
 }
-ASYNC = {"dispatch"}
+ASYNC = {"dispatch", "process_replies"}
 
 
 async def arun_job(name: str, ctx: JobContext) -> int:

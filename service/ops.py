@@ -260,20 +260,23 @@ class WebhookTimer:
         if scope["type"] != "http" or not scope["path"].startswith(WEBHOOK_PREFIXES):
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), 500
+        started, status, ended = time.perf_counter(), 500, None
 
         async def send_and_note(message: Message) -> None:
-            nonlocal status
+            nonlocal status, ended
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = time.perf_counter()  # what the provider waited for: not work done after it
 
         try:
             await self.app(scope, receive, send_and_note)
         finally:
             route = scope.get("route")  # set by the router on this same scope
             template = getattr(route, "path", None) or "unmatched"  # the template, never the raw path (ids)
-            WEBHOOK_LATENCY.labels(route=template, status=f"{status // 100}xx").observe(time.perf_counter() - started)
+            took = (ended or time.perf_counter()) - started
+            WEBHOOK_LATENCY.labels(route=template, status=f"{status // 100}xx").observe(took)
 
 
 def install(app: FastAPI) -> None:

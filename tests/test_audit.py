@@ -79,11 +79,14 @@ def test_an_sms_answer_is_attributed_to_the_webhook(api, http, factory, clock):
     fu = events(factory, record_type="follow_up", record_id=ci.follow_up_id, action="update")
     assert any(e.actor_type == "webhook" and e.changes.get("status", {}).get("new") == "done" for e in fu)
     assert [e.changes["status"]["old"] for e in fu if e.actor_type == "webhook"] == ["pending"]
-    # The inbound row is written once, complete: one "create", no "update" after it.
+    # The inbound row is kept before Twilio hears 200 ("create"), then acted on ("update": the
+    # outcome it made, the check-in it answered), both by the webhook.
     inbound = events(factory, record_type="inbound_message")
-    assert [(e.action, e.actor_label) for e in inbound] == [("create", "twilio/sms")]
-    assert inbound[0].changes["outcome_id"]["new"] == outcome.record_id
+    assert [(e.action, e.actor_label) for e in inbound] == [("create", "twilio/sms"), ("update", "twilio/sms")]
     assert inbound[0].changes["from_address"] == {"old": None, "new": "[personal]"}  # the phone is not kept
+    assert inbound[1].changes["outcome_id"] == {"old": None, "new": outcome.record_id}
+    assert inbound[1].changes["outbox_id"] == {"old": None, "new": ci.outbox_id}
+    assert inbound[0].request_id == inbound[1].request_id == outcome.request_id  # one request
 
 
 def test_a_job_is_attributed_to_the_job_with_old_and_new_values(api, http, factory, clock):

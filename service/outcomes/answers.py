@@ -9,20 +9,28 @@ An answer is a handful of statements in one transaction (Twilio posts hundreds a
 peak): one query finds the message answered with its follow-up, the outcome and the inbound row
 are inserted, the follow-up is closed by a conditional UPDATE, and their audit events (the same
 events the flush hook writes) go in one INSERT; then the crisis rules.
+
+An inbound SMS is kept first (``receive_sms``: its row, ``processed_at`` NULL, committed before
+Twilio hears 200) and acted on right after, in a transaction of its own (``process_sms``), which
+marks it processed by a conditional UPDATE so that it is acted on once; the scheduler's
+``process_replies`` job acts on any left waiting (``process_waiting_sms``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from pydantic_core import PydanticUndefined
 from sqlalchemy import bindparam, exists, func, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
 
 from service.accounts.models import Office
-from service.audit.capture import created_changes, event_row, record_events, updated_changes
+from service.audit.capture import created_changes, event_row, record_events, shown, updated_changes
 from service.clock import Clock
 from service.contacts.messaging.models import (
     InboundMessage,
@@ -42,8 +50,11 @@ from service.contacts.messaging.replies import (
     command_of,
 )
 from service.contacts.models import Channel, Client, FollowUp, FollowUpStatus, Party, Placement
+from service.db import session_scope
 from service.outcomes import crisis
 from service.outcomes.models import CrisisSignalKind, CrisisSignalParty, Outcome
+
+log = logging.getLogger(__name__)
 
 WELLBEING = {"doing_well": 4, "some_worries": 3, "struggling": 2}
 
@@ -127,7 +138,11 @@ def _record(
     from_address: str | None,
     source: str,
     clock: Clock,
+    kept: Kept | None = None,
 ) -> Answered:
+    """The answer's outcome, its inbound row and the rest. ``kept``: an SMS whose row was kept
+    already (``receive_sms``) and has just been taken (``_take``): that row is filled in, not
+    inserted, and no duplicate is possible any more."""
     now = clock.now()
     message, fu = target.message, target.follow_up
     employer = message.purpose == Purpose.employer_check_in
@@ -149,25 +164,33 @@ def _record(
     if fu is not None:
         outcome = _insert_outcome(session, fu, employer, answer, text, cls, reason, signals, source, now)
         events.append(outcome.event)
-    claimed = _claim_inbound(
-        session,
-        provider_id=provider_id,
-        office_id=message.office_id,
-        client_id=message.client_id,
-        outbox_id=message.id,
-        channel=channel,
-        from_address=from_address,
-        body=(text or None) and text[:2000],
-        reply_class=cls.name,
-        matched_reason=reason,
-        outcome_id=outcome.row.id if outcome else None,
-        received_at=now,
-    )
-    if claimed is None:
-        session.rollback()  # the outcome written above: the first delivery has its own
-        return Answered(duplicate=True)
-    inbound_id, event = claimed
-    events.append(event)
+    links = {
+        "office_id": message.office_id,
+        "client_id": message.client_id,
+        "outbox_id": message.id,
+        "body": (text or None) and text[:2000],
+        "reply_class": cls.name,
+        "matched_reason": reason,
+        "outcome_id": outcome.row.id if outcome else None,
+    }
+    if kept is not None:
+        inbound_id = kept.id
+        events.append(_fill(session, kept, links, now))
+    else:
+        claimed = _claim_inbound(
+            session,
+            provider_id=provider_id,
+            channel=channel,
+            from_address=from_address,
+            received_at=now,
+            processed_at=now,
+            **links,
+        )
+        if claimed is None:
+            session.rollback()  # the outcome written above: the first delivery has its own
+            return Answered(duplicate=True)
+        inbound_id, event = claimed
+        events.append(event)
     if outcome is None:
         record_events(session, events)
         return Answered(False, None, cls, reason)
@@ -305,6 +328,12 @@ _ANSWERABLE = (FollowUpStatus.pending, FollowUpStatus.missed, FollowUpStatus.att
 
 
 _OUTCOME_COLUMNS = [c.name for c in Outcome.__table__.columns if c.name != "id"]
+# The model's defaults for the columns an answer does not set (a fixed default, or None).
+_OUTCOME_DEFAULTS = {
+    name: (None if field.default is PydanticUndefined else field.default)
+    for name, field in Outcome.model_fields.items()
+    if name in _OUTCOME_COLUMNS
+}
 _INSERT_OUTCOME = Outcome.__table__.insert().returning(Outcome.__table__.c.id)
 _FOLLOW_UP_TABLE = FollowUp.__table__
 _CLOSE_FOLLOW_UP = update(_FOLLOW_UP_TABLE).where(
@@ -332,25 +361,27 @@ def _insert_outcome(
 ) -> _Written:
     """The answer's outcome, inserted by one statement; its "create" event for the caller to write."""
     note = " / ".join(p for p in (answer and answer.replace("_", " "), text) if p)
-    outcome = Outcome(
-        office_id=fu.office_id,
-        follow_up_id=fu.id,
-        placement_id=fu.placement_id,
-        party=fu.party,
-        channel=fu.channel,
-        recorded_by=None,
-        recorded_at=now,
-        reached=True,
-        wellbeing=None if employer else WELLBEING.get(answer or ""),
-        risk_signals=signals,
-        note=note[:4000] or None,
-        late=fu.status == FollowUpStatus.missed,
-        source=source,
-        reply_class=cls.name,
-        reply_reason=reason,
-    )
-    values = {name: getattr(outcome, name) for name in _OUTCOME_COLUMNS}
-    outcome.id = session.connection().execute(_INSERT_OUTCOME, values).scalar_one()
+    values = _OUTCOME_DEFAULTS | {
+        "office_id": fu.office_id,
+        "follow_up_id": fu.id,
+        "placement_id": fu.placement_id,
+        "party": fu.party,
+        "channel": fu.channel,
+        "recorded_by": None,
+        "recorded_at": now,
+        "reached": True,
+        "wellbeing": None if employer else WELLBEING.get(answer or ""),
+        "risk_signals": signals,
+        "note": note[:4000] or None,
+        "late": fu.status == FollowUpStatus.missed,
+        "source": source,
+        "reply_class": cls.name,
+        "reply_reason": reason,
+    }
+    outcome_id = session.connection().execute(_INSERT_OUTCOME, values).scalar_one()
+    # The row as inserted, for the crisis rules and the caller to read, built without the model's
+    # constructor (a seventh of the cost): it is not added to the session, nothing writes it back.
+    outcome = Outcome.model_construct(id=outcome_id, **values)
     event = event_row(
         session,
         action="create",
@@ -403,6 +434,116 @@ def clients_by_phone(session: Session, phone: str) -> list[Client]:
     return list(session.exec(select(Client).where(Client.phone == phone).order_by(Client.id)).all())
 
 
+def receive_sms(session: Session, *, message_sid: str, from_phone: str, body: str, clock: Clock) -> int | None:
+    """Keep an inbound SMS, once per MessageSid, not acted on yet: one INSERT and its audit
+    event. Once this is committed Twilio may hear 200 (a crash after it loses nothing: the row
+    waits for ``process_sms``). The row's id, or None for a re-delivery (the first is kept)."""
+    claimed = _claim_inbound(
+        session,
+        provider_id=message_sid,
+        channel=MessageChannel.sms,
+        from_address=from_phone,
+        body=body[:2000],
+        received_at=clock.now(),
+    )
+    if claimed is None:
+        return None
+    record_events(session, [claimed[1]])
+    return claimed[0]
+
+
+@dataclass
+class Kept:
+    """An inbound SMS kept by ``receive_sms`` and just taken to act on: what it said."""
+
+    id: int
+    provider_id: str
+    from_address: str
+    body: str
+
+
+# What acting on a kept SMS writes on its row, by one statement built once. As ``receive_sms``
+# kept it, every one of these is NULL but the body (what the "update" event shows as old).
+_FILLED = ("office_id", "client_id", "outbox_id", "body", "reply_class", "matched_reason", "outcome_id", "command")
+_TAKE = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("b_id"), _INBOUND.c.processed_at.is_(None))
+    .values(processed_at=bindparam("b_at"))
+    .returning(_INBOUND.c.provider_id, _INBOUND.c.from_address, _INBOUND.c.body)
+)
+_FILL = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _FILLED})
+)
+
+
+def _take(session: Session, inbound_id: int, now: datetime) -> Kept | None:
+    """Mark a kept SMS as acted on, in the transaction that acts on it, unless it has been: the
+    conditional UPDATE takes the row's lock, so of the request's own follow-up and the recovery
+    job at once, one acts and the other (waiting for it) finds it done and does nothing."""
+    row = session.connection().execute(_TAKE, {"b_id": inbound_id, "b_at": now}).first()
+    if row is None:
+        return None
+    return Kept(inbound_id, row[0], row[1] or "", row[2] or "")
+
+
+def _fill(session: Session, kept: Kept, values: dict, now: datetime) -> dict:
+    """The kept row's links (office, client, message answered, outcome...) written now it is
+    acted on (the body as kept unless ``values`` say otherwise); its "update" event."""
+    old = dict.fromkeys(_FILLED) | {"body": kept.body or None, "processed_at": None}
+    new = old | values | {"processed_at": now}
+    session.connection().execute(_FILL, {"b_id": kept.id, **{f"b_{name}": new[name] for name in _FILLED}})
+    changes = {
+        name: {"old": shown(name, old[name]), "new": shown(name, value)}
+        for name, value in new.items()
+        if old[name] != value
+    }
+    return event_row(
+        session,
+        action="update",
+        record_type=_INBOUND.name,
+        record_id=kept.id,
+        office_id=new["office_id"],
+        changes=changes,
+    )
+
+
+def process_sms(session: Session, *, messaging: Messaging, inbound_id: int, clock: Clock) -> Answered | None:
+    """Act on an SMS kept by ``receive_sms``: STOP / START / HELP first, else an answer to the
+    latest SMS check-in (its outcome, the follow-up closed, the crisis rules). None when it has
+    been acted on already (by the request that kept it, or the recovery job)."""
+    now = clock.now()
+    kept = _take(session, inbound_id, now)
+    if kept is None:
+        return None
+    message_sid, from_phone, body = kept.provider_id, kept.from_address, kept.body
+    command = command_of(body)
+    if command is not None:
+        clients = clients_by_phone(session, from_phone)
+        links = {
+            "command": command.value,
+            "body": None,
+            "office_id": clients[0].office_id if clients else None,
+            "client_id": clients[0].id if clients else None,
+        }
+        record_events(session, [_fill(session, kept, links, now)])
+        for client in clients:
+            _apply_command(session, messaging, client, command, message_sid, now)
+        return Answered(False, command=command)
+    target = latest_sms_check_in(session, from_phone)
+    if target is None:
+        # From a number we do not know, or with nothing to answer: keep it, change nothing else.
+        record_events(session, [_fill(session, kept, {}, now)])
+        return Answered(False)
+    digit = body.strip().translate(str.maketrans("０１２３４５６７８９", "0123456789"))
+    answer = DIGITS.get(digit)
+    text = None if answer else body
+    return _record(
+        session, messaging, target, message_sid, MessageChannel.sms, answer, text, from_phone, "sms", clock, kept
+    )
+
+
 def handle_sms(
     session: Session,
     *,
@@ -412,46 +553,44 @@ def handle_sms(
     body: str,
     clock: Clock,
 ) -> Answered:
-    """An inbound SMS: STOP / START / HELP first, else an answer to the latest SMS check-in."""
-    now = clock.now()
-    command = command_of(body)
-    if command is not None:
-        clients = clients_by_phone(session, from_phone)
-        claimed = _claim_inbound(
-            session,
-            provider_id=message_sid,
-            channel=MessageChannel.sms,
-            from_address=from_phone,
-            command=command.value,
-            office_id=clients[0].office_id if clients else None,
-            client_id=clients[0].id if clients else None,
-            received_at=now,
-        )
-        if claimed is None:
-            return Answered(duplicate=True, command=command)
-        record_events(session, [claimed[1]])
-        for client in clients:
-            _apply_command(session, messaging, client, command, message_sid, now)
-        return Answered(False, command=command)
-    target = latest_sms_check_in(session, from_phone)
-    if target is None:
-        # From a number we do not know, or with nothing to answer: keep it, change nothing else.
-        claimed = _claim_inbound(
-            session,
-            provider_id=message_sid,
-            channel=MessageChannel.sms,
-            from_address=from_phone,
-            body=body[:2000],
-            received_at=now,
-        )
-        if claimed is None:
-            return Answered(duplicate=True)
-        record_events(session, [claimed[1]])
-        return Answered(False)
-    digit = body.strip().translate(str.maketrans("０１２３４５６７８９", "0123456789"))
-    answer = DIGITS.get(digit)
-    text = None if answer else body
-    return _record(session, messaging, target, message_sid, MessageChannel.sms, answer, text, from_phone, "sms", clock)
+    """An inbound SMS kept and acted on in one transaction (``receive_sms``, then ``process_sms``)."""
+    inbound_id = receive_sms(session, message_sid=message_sid, from_phone=from_phone, body=body, clock=clock)
+    if inbound_id is None:
+        return Answered(duplicate=True, command=command_of(body))
+    answered = process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock)
+    assert answered is not None  # kept by this transaction a moment ago
+    return answered
+
+
+# The request that kept an SMS acts on it at once; the job takes only rows older than this.
+WAITING_GRACE = timedelta(seconds=30)
+
+
+def process_waiting_sms(factory: sessionmaker[Session], messaging: Messaging, clock: Clock, *, limit: int = 500) -> int:
+    """The scheduler's ``process_replies`` job: act on each SMS kept but left unprocessed (its
+    process stopped after answering Twilio), each in its own transaction. How many it acted on."""
+    with session_scope(factory) as session:
+        ids = waiting_sms(session, received_before=clock.now() - WAITING_GRACE, limit=limit)
+    done = 0
+    for inbound_id in ids:
+        try:
+            with session_scope(factory) as session:
+                done += process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock) is not None
+        except Exception:
+            log.exception("acting on a kept SMS failed; the next run tries again")  # the id only, no data
+    return done
+
+
+def waiting_sms(session: Session, *, received_before: datetime, limit: int) -> list[int]:
+    """Kept SMS not acted on, received before the given instant, oldest first (the recovery job)."""
+    return list(
+        session.exec(
+            select(InboundMessage.id)
+            .where(col(InboundMessage.processed_at).is_(None), InboundMessage.received_at < received_before)
+            .order_by(col(InboundMessage.received_at), col(InboundMessage.id))
+            .limit(limit)
+        ).all()
+    )
 
 
 def _apply_command(

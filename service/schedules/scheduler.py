@@ -13,8 +13,16 @@ from service.jobs import JobContext, arun_job
 from service.settings import Settings
 
 # What runs once at start-up to catch up on what was missed while the service was down
-# (the morning digest: sent at once if the service was down at 08:00, until 18:00).
-CATCH_UP = ("reconcile_outbox", "mark_missed", "deliver_alerts", "morning_digest")
+# (the morning digest: sent at once if the service was down at 08:00, until 18:00), and SQLite's
+# planner statistics, so that a database upgraded today has them before the first night.
+CATCH_UP = (
+    "reconcile_outbox",
+    "mark_missed",
+    "deliver_alerts",
+    "morning_digest",
+    "process_replies",
+    "optimize_database",
+)
 
 
 def build_scheduler(settings: Settings, ctx: JobContext) -> AsyncIOScheduler:
@@ -29,6 +37,10 @@ def build_scheduler(settings: Settings, ctx: JobContext) -> AsyncIOScheduler:
         "morning_digest": IntervalTrigger(minutes=5, timezone="UTC"),
         # Emergencies go out whatever the hour: written every 20 s, sent by the next dispatch.
         "deliver_alerts": IntervalTrigger(seconds=20, timezone="UTC"),
+        # An SMS reply kept but not acted on (its API process stopped after answering Twilio).
+        "process_replies": IntervalTrigger(seconds=30, timezone="UTC"),
+        # SQLite's planner statistics (service/maintenance.py); also at start-up (CATCH_UP).
+        "optimize_database": IntervalTrigger(hours=24, timezone="UTC"),
         # Post-employment program sessions and invitations, written plan_ahead_days ahead.
         "plan_program_sessions": IntervalTrigger(hours=1, timezone="UTC"),
     }

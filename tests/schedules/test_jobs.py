@@ -83,6 +83,8 @@ def test_scheduler_starts_with_fixed_jobs_and_catches_up(settings, engine, api, 
             "morning_digest",
             "deliver_alerts",
             "plan_program_sessions",
+            "process_replies",
+            "optimize_database",
         }
         assert all(job.coalesce is True and job.max_instances == 1 for job in jobs.values())
         assert str(scheduler.timezone) == "UTC"

@@ -51,7 +51,23 @@ class Purpose(enum.StrEnum):
 
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox_message"
-    __table_args__ = (sa.Index("ix_outbox_message_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        # Only the rows in flight (migration 0011): a sent row is in neither, so the dispatch
+        # tick's two UPDATEs keep one small index each, not a whole-table one twice.
+        sa.Index(  # the claim's order; queries must spell status = 'queued' out (not a parameter)
+            "ix_outbox_message_due",
+            "next_attempt_at",
+            "id",
+            sqlite_where=sa.text("status = 'queued'"),
+            postgresql_where=sa.text("status = 'queued'"),
+        ),
+        sa.Index(  # reconcile_stuck
+            "ix_outbox_message_sending",
+            "claimed_at",
+            sqlite_where=sa.text("status = 'sending'"),
+            postgresql_where=sa.text("status = 'sending'"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     # Who and what: "fu:<follow-up>:<attempt>", "digest:<user>:<day>"... sending twice is impossible.
@@ -75,7 +91,7 @@ class OutboxMessage(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    claim_token: str | None = Field(default=None, max_length=40, index=True)
+    claim_token: str | None = Field(default=None, max_length=40)  # rows are found by id, under their token
     provider_id: str | None = Field(default=None, max_length=200, index=True)
     error_code: str | None = Field(default=None, max_length=40)
     error_reason: str | None = Field(default=None, max_length=500)  # plain words, for the worker
@@ -90,6 +106,15 @@ class InboundMessage(SQLModel, table=True):
     """An SMS, a keypad answer or a reply-link answer, recorded once per provider id."""
 
     __tablename__ = "inbound_message"
+    __table_args__ = (
+        # An SMS kept but not acted on yet (migration 0012): the recovery job's search.
+        sa.Index(
+            "ix_inbound_message_waiting",
+            "received_at",
+            sqlite_where=sa.text("processed_at IS NULL"),
+            postgresql_where=sa.text("processed_at IS NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     # MessageSid / CallSid / "link:<outbox id>": the same one twice is recorded once.
@@ -105,3 +130,6 @@ class InboundMessage(SQLModel, table=True):
     command: str | None = Field(default=None, max_length=16)  # stop, start, help
     outcome_id: int | None = Field(default=None, foreign_key="outcome.id")
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # When it was acted on (an answer's outcome, a STOP, ...). An SMS webhook is answered once its
+    # row is kept, and acted on right after; one still NULL a while later is the recovery job's.
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -27,11 +27,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     JSON,
-    Connection,
     Integer,
     Row,
     String,
-    Table,
+    any_,
     bindparam,
     cast,
     exists,
@@ -40,9 +39,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy import column as sa_column
 from sqlalchemy import select as sa_select
-from sqlalchemy import values as sa_values
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session, col, select
@@ -353,37 +350,49 @@ def _claimed_columns() -> list:
     return [computed[name].label(name) if name in computed else t.c[name] for name in Claimed._fields]
 
 
+def _status_is(status: MessageStatus):
+    """``outbox_message.status = '<status>'`` with the value written into the SQL: the partial
+    indexes over the queued and the sending rows (migration 0011) serve a query only if it says
+    which status; a bound parameter hides it from PostgreSQL's generic plans (psycopg prepares a
+    statement from its fifth execution on)."""
+    return _OUTBOX.c.status == literal_column(f"'{status.value}'", _OUTBOX.c.status.type)
+
+
 def claim(session: Session, *, now: datetime, limit: int) -> list[Claimed]:
     """Take up to ``limit`` due rows for this dispatcher and commit: one ``UPDATE ... RETURNING``
     (the rows, in id order) and one summary audit event per office naming the rows claimed."""
     token = uuid.uuid4().hex
     t = _OUTBOX
+    queued = _status_is(MessageStatus.queued)
     due = (
         sa_select(t.c.id)
-        .where(t.c.status == MessageStatus.queued, t.c.next_attempt_at <= now)
-        .order_by(t.c.next_attempt_at, t.c.id)
+        .where(queued, t.c.next_attempt_at <= now)
+        .order_by(t.c.next_attempt_at, t.c.id)  # ix_outbox_message_due's order: read off the index
         .limit(limit)
     )
+    claiming = update(t)
     if session.get_bind().dialect.name == "postgresql":
-        # Lock the ids first, in their own statement: as a subquery of the UPDATE, PostgreSQL
-        # may rescan the locking subquery per row, and each rescan skips the rows this very
-        # UPDATE already changed, so the LIMIT no longer holds (it claimed every due row).
-        ids = list(session.execute(due.with_for_update(skip_locked=True)).scalars().all())
-        if not ids:
-            session.commit()
-            return []
-        chosen = t.c.id.in_(ids)
+        # The ids locked (SKIP LOCKED) as one array, ``id = ANY (ARRAY(SELECT ...))``: an init plan,
+        # evaluated once, then the rows by primary key. As a plain ``IN (SELECT ...)``, PostgreSQL
+        # may rescan the locking subquery per row, and each rescan skips the rows this very UPDATE
+        # already changed, so the LIMIT no longer holds (it claimed every due row); joined to a
+        # CTE, it may hash the whole table. One statement, one round trip, no list of ids to bind.
+        locked = func.array(due.with_for_update(skip_locked=True).scalar_subquery())
+        claiming = claiming.where(t.c.id == any_(locked))
     else:  # SQLite: one writer at a time; the subquery is evaluated once
-        chosen = t.c.id.in_(due)
+        claiming = claiming.where(t.c.id.in_(due))
     result = session.execute(
-        update(t)
-        .where(chosen, t.c.status == MessageStatus.queued)
+        claiming.where(queued)
         .values(status=MessageStatus.sending, claim_token=token, claimed_at=now, updated_at=now)
         .values(attempts=t.c.attempts + 1)
         .returning(*_claimed_columns()),
         execution_options={"audit_skip": True},  # a summary event per office, below, not one per row
     )
-    rows = sorted(map(Claimed._make, result.all()), key=attrgetter("id"))
+    # The driver's own tuples: the columns need no conversion (see _claimed_columns), and a
+    # result row per message would cost more than the rest of the claim's Python.
+    raw = result.cursor.fetchall()
+    result.close()
+    rows = sorted(map(Claimed._make, raw), key=attrgetter("id"))
     record_events(
         session,
         summary_rows(
@@ -575,60 +584,71 @@ def _result_values(current: Row, result: Sent | SendError | datetime, now: datet
     return new
 
 
-def _update_results(conn: Connection, table: Table, params: list[dict]) -> None:
-    """The new values, still under each row's claim. PostgreSQL: one ``UPDATE ... FROM (VALUES ...)``
-    per 2,000 rows (an executemany costs a statement per row there); SQLite: one executemany."""
-    names = (*_RESULT_COLUMNS, "updated_at")
-    if conn.dialect.name != "postgresql":
-        conn.execute(
-            update(table)
-            .where(
-                table.c.id == bindparam("b_id"),
-                table.c.claim_token == bindparam("b_token"),
-                table.c.status == MessageStatus.sending,
-            )
-            .values({name: bindparam(name) for name in names}),
-            params,
-        )
-        return
-    columns = [sa_column("b_id", table.c.id.type), sa_column("b_token", table.c.claim_token.type)]
-    columns += [sa_column(name, table.c[name].type) for name in names]
-    for start in range(0, len(params), 2000):
-        chunk = params[start : start + 2000]
-        new = sa_values(*columns, name="new").data([tuple(p[c.name] for c in columns) for p in chunk])
-        conn.execute(
-            update(table)
-            .where(
-                table.c.id == new.c.b_id,
-                table.c.claim_token == new.c.b_token,
-                table.c.status == MessageStatus.sending,
-            )
-            .values({name: cast(new.c[name], table.c[name].type) for name in names})  # a NULL-only column is text
-        )
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):  # PostgreSQL's driver takes datetimes as they are: text for the JSON
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} in a claimed row's new values")
 
 
-def _mark_sent(session: Session, sent: list[tuple[int, str, str]], now: datetime) -> list[Row]:
-    """``(id, claim token, provider id)`` of rows sent: one ``UPDATE ... FROM`` these, passed as one
-    JSON array (no limit on bound parameters, nothing per row in Python); the rows it changed."""
+def _update_claimed(
+    session: Session,
+    rows: list[tuple],
+    varying: tuple[str, ...],
+    fixed: dict[str, object],
+    returning: tuple = (),
+) -> list[tuple]:
+    """The one way a dispatch records results: UPDATE the rows still under their claim (same id,
+    same claim token, still ``sending``; a row settled meanwhile, e.g. by a status callback, is
+    left alone). ``rows`` are ``(id, claim token, *new values of varying)``, passed as one JSON array
+    (one bound parameter whatever the batch, no per-row statement) joined by id; ``fixed`` are new
+    values the same for every row. Returns the changed rows' ``returning`` columns, as tuples.
+    Serves the sends of a batch (``_mark_sent``: only the provider id varies) and every other
+    result (``_record_one_by_one``: all of ``_RESULT_COLUMNS``)."""
     t = _OUTBOX
-    status = t.c.status
-    if session.get_bind().dialect.name == "postgresql":
-        each = func.json_array_elements(cast(bindparam("sent", json.dumps(sent)), JSON)).table_valued("value")
-        sent_id, token, provider_id = (each.c.value.op("->>")(i) for i in range(3))
-        sent_id = cast(sent_id, Integer)
+    dialect = session.get_bind().dialect
+    # Each value as the column would bind it (enums as their value; on SQLite, datetimes as its text).
+    processors = [t.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in varying]
+    if any(processors):
+        rows = [(row[0], row[1], *(p(v) if p else v for p, v in zip(processors, row[2:], strict=True))) for row in rows]
+    data = bindparam("claimed_rows", json.dumps(rows, default=_json_value))
+    if dialect.name == "postgresql":
+        each = func.json_array_elements(cast(data, JSON)).table_valued("value")
+
+        def item(i: int, type_):
+            return cast(each.c.value.op("->>")(i), type_)  # JSON text as the column's type
+
+        sending = _status_is(MessageStatus.sending)  # the rows in flight, by their partial index
     else:
-        each = func.json_each(bindparam("sent", json.dumps(sent))).table_valued("value")
-        sent_id, token, provider_id = (func.json_extract(each.c.value, f"$[{i}]") for i in range(3))
-        # Unary plus: not by the status index (every row of every batch in flight, each against
-        # the whole array), but each array entry by its id.
-        status = literal_column("+outbox_message.status", t.c.status.type)
-    return session.execute(
+        each = func.json_each(data).table_valued("value")
+
+        def item(i: int, type_):
+            return func.json_extract(each.c.value, f"$[{i}]")  # SQLite: the JSON value as it is
+
+        # Unary plus: not by the index of the rows in flight (every row of every batch in flight,
+        # each against the whole array), but each array entry by its id.
+        sending = literal_column("+outbox_message.status", t.c.status.type) == MessageStatus.sending
+    statement = (
         update(t)
-        .where(t.c.id == sent_id, t.c.claim_token == token, status == MessageStatus.sending)
-        .values(status=MessageStatus.sent, provider_id=provider_id, sent_at=now, updated_at=now)
-        .returning(t.c.id, t.c.office_id, t.c.provider_id),
-        execution_options={"audit_skip": True},  # a summary event per office, by the caller
-    ).all()
+        .where(t.c.id == item(0, Integer), t.c.claim_token == item(1, t.c.claim_token.type), sending)
+        .values({**{name: item(i, t.c[name].type) for i, name in enumerate(varying, start=2)}, **fixed})
+    )
+    if returning:
+        statement = statement.returning(*returning)
+    result = session.execute(statement, execution_options={"audit_skip": True})  # the callers audit
+    return [tuple(r) for r in result] if returning else []
+
+
+def _mark_sent(session: Session, sent: list[tuple[int, str, str]], now: datetime) -> list[tuple]:
+    """``(id, claim token, provider id)`` of rows sent: one ``_update_claimed``; the rows it changed
+    as ``(id, office id, provider id)``."""
+    t = _OUTBOX
+    return _update_claimed(
+        session,
+        sent,
+        varying=("provider_id",),
+        fixed={"status": MessageStatus.sent, "sent_at": now, "updated_at": now},
+        returning=(t.c.id, t.c.office_id, t.c.provider_id),
+    )
 
 
 def _record_results(
@@ -695,7 +715,7 @@ def _record_one_by_one(
         if new is None:
             failed.append(claimed)
             continue
-        params.append({"b_id": cur.id, "b_token": cur.claim_token, **new})
+        params.append((cur.id, cur.claim_token, *(new[name] for name in _RESULT_COLUMNS), new["updated_at"]))
         events.append(
             event_row(
                 session,
@@ -707,7 +727,7 @@ def _record_one_by_one(
             )
         )
     if params:
-        _update_results(conn, table, params)
+        _update_claimed(session, params, varying=(*_RESULT_COLUMNS, "updated_at"), fixed={})
         record_events(session, events)
     for claimed in failed:
         result = results[claimed.id]
@@ -791,7 +811,7 @@ def reconcile_stuck(session: Session, clock: Clock) -> int:
     now = clock.now()
     result = session.exec(
         update(OutboxMessage)
-        .where(OutboxMessage.status == MessageStatus.sending, OutboxMessage.claimed_at < now - STUCK_AFTER)
+        .where(_status_is(MessageStatus.sending), OutboxMessage.claimed_at < now - STUCK_AFTER)  # by its index
         .values(
             status=MessageStatus.unknown, updated_at=now, error_reason="the sender stopped while sending; not re-sent"
         )  # fmt: skip

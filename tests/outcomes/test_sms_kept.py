@@ -1,0 +1,109 @@
+"""An inbound SMS is kept before Twilio hears 200 and acted on right after (issue 7, case (4)):
+a process that stops in between loses nothing, since the scheduler's ``process_replies`` job acts
+on any SMS left unprocessed, and an SMS is acted on once even when the request's own follow-up
+and the job reach it at the same time."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from service.audit.models import AuditEvent
+from service.contacts.messaging.models import InboundMessage
+from service.contacts.models import Client, FollowUp, FollowUpStatus
+from service.db import session_scope
+from service.jobs import run_job
+from service.outcomes import answer_routes, answers
+from tests.outcomes.test_webhooks import (  # noqa: F401  (settings: the Twilio token, a fixture)
+    SMS,
+    outcomes_of,
+    post_signed,
+    replies_to,
+    rows,
+    sent_check_in,
+    settings,
+    sms,
+)
+
+SID = "SM" + "5" * 32
+
+
+def _stop_after_answering(monkeypatch):
+    """As if the process stopped once Twilio had its 200: the SMS is never acted on."""
+
+    def stopped(*_args, **_kwargs):
+        raise RuntimeError("the process stopped")
+
+    monkeypatch.setattr(answer_routes, "_process_sms", stopped)
+
+
+@pytest.mark.parametrize("body", ["1", "STOP"])
+def test_an_sms_left_unprocessed_is_acted_on_by_the_recovery_job(api, http, factory, clock, monkeypatch, body):
+    ci = sent_check_in(api, http, factory, clock)
+    _stop_after_answering(monkeypatch)
+    r = post_signed(http, SMS, sms(ci, body, SID))
+    assert r.status_code == 200  # a 200 means kept ...
+    (kept,) = rows(factory, InboundMessage, InboundMessage.provider_id == SID)
+    assert kept.processed_at is None and kept.outcome_id is None and kept.command is None  # ... not acted on
+    assert outcomes_of(factory, ci) == [] and replies_to(factory, ci) == []
+
+    messaging = http.app.state.messaging
+    # The request that kept it may still be at it: the job leaves a fresh row alone.
+    assert run_job("process_replies", factory, clock, messaging) == 0
+    clock.set(clock.now() + answers.WAITING_GRACE + timedelta(seconds=1))
+    assert run_job("process_replies", factory, clock, messaging) == 1
+    assert run_job("process_replies", factory, clock, messaging) == 0  # once
+
+    (row,) = rows(factory, InboundMessage, InboundMessage.provider_id == SID)
+    assert row.processed_at == clock.now()
+    if body == "1":
+        (outcome,) = outcomes_of(factory, ci)
+        assert (outcome.source, outcome.wellbeing) == ("sms", 4)
+        assert row.outcome_id == outcome.id and row.outbox_id == ci.outbox_id and row.body is None
+        (fu,) = rows(factory, FollowUp, FollowUp.id == ci.follow_up_id)
+        assert fu.status == FollowUpStatus.done
+    else:
+        assert row.command == "stop" and row.client_id == ci.client_id
+        assert len(replies_to(factory, ci)) == 1  # the confirmation, once
+        (client,) = rows(factory, Client, Client.id == ci.client_id)
+        assert client.opted_out_at is not None
+    # Audited: kept (create), then acted on (update).
+    events = rows(factory, AuditEvent, AuditEvent.record_type == "inbound_message", AuditEvent.record_id == row.id)
+    assert sorted(e.action for e in events) == ["create", "update"]
+
+
+def test_a_redelivery_of_a_kept_sms_changes_nothing(api, http, factory, clock, monkeypatch):
+    ci = sent_check_in(api, http, factory, clock)
+    _stop_after_answering(monkeypatch)
+    assert post_signed(http, SMS, sms(ci, "2", SID)).status_code == 200
+    monkeypatch.undo()
+    # Twilio delivers it again: 200, and it is neither kept twice nor acted on by this request.
+    assert post_signed(http, SMS, sms(ci, "2", SID)).status_code == 200
+    assert len(rows(factory, InboundMessage, InboundMessage.provider_id == SID)) == 1
+    assert outcomes_of(factory, ci) == []
+    clock.set(clock.now() + answers.WAITING_GRACE + timedelta(seconds=1))
+    assert run_job("process_replies", factory, clock, http.app.state.messaging) == 1
+    assert len(outcomes_of(factory, ci)) == 1
+
+
+def test_acted_on_once_when_the_request_and_the_job_reach_it_together(api, http, factory, clock):
+    ci = sent_check_in(api, http, factory, clock)
+    messaging = http.app.state.messaging
+    with session_scope(factory) as s:
+        inbound_id = answers.receive_sms(s, message_sid=SID, from_phone=ci.phone, body="3", clock=clock)
+    results, start = [], threading.Barrier(2)
+
+    def act():
+        start.wait()
+        with session_scope(factory) as s:
+            results.append(answers.process_sms(s, messaging=messaging, inbound_id=inbound_id, clock=clock))
+
+    threads = [threading.Thread(target=act) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r is None for r in results) == [False, True]  # one acted, the other found it done
+    assert len(outcomes_of(factory, ci)) == 1
