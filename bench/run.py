@@ -149,18 +149,32 @@ def log(msg: str) -> None:
 class Db:
     """A fresh, migrated database per use: an SQLite file, or a PostgreSQL database."""
 
-    def __init__(self, kind: str, name: str) -> None:
+    def __init__(self, kind: str, name: str, *, reuse: bool = False) -> None:
+        """``reuse``: keep an existing database of that name (migrated to head, as a deployment
+        would be) rather than start afresh; see ``KEEP_DATA``."""
         self.kind, self.name = kind, name
         if kind == "sqlite":
             DATA.mkdir(parents=True, exist_ok=True)
             path = DATA / f"{name}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
+            if not reuse:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(path) + suffix).unlink(missing_ok=True)
             self.url = f"sqlite:///{path}"
         else:
             self.url = make_url(PG_ADMIN).set(database=f"teichaku_bench_{name}").render_as_string(False)
-            self._admin(f'DROP DATABASE IF EXISTS "teichaku_bench_{name}" WITH (FORCE)')
-            self._admin(f'CREATE DATABASE "teichaku_bench_{name}"')
+            exists = False
+            if reuse:
+                admin = make_engine(PG_ADMIN)
+                with admin.connect() as conn:
+                    exists = bool(
+                        conn.execute(
+                            sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": f"teichaku_bench_{name}"}
+                        ).first()
+                    )
+                admin.dispose()
+            if not exists:
+                self._admin(f'DROP DATABASE IF EXISTS "teichaku_bench_{name}" WITH (FORCE)')
+                self._admin(f'CREATE DATABASE "teichaku_bench_{name}"')
         upgrade(self.url)
         self.engine = make_engine(self.url)
         self.factory = make_session_factory(self.engine)
@@ -182,6 +196,39 @@ class Db:
 
 def plans():
     return load_plans(ROOT / "config" / "plans")
+
+
+# BENCH_KEEP_DATA=1: the generated caseloads of the queue and retention cases are kept between runs
+# (bench/data/keep_<kind>_<placements>.db, or PostgreSQL databases teichaku_bench_keep_<placements>)
+# and reused when their record (bench/data/keep_<kind>_<placements>.json, written once generation has
+# finished) is there. Reuse migrates them to head first, as an upgrade would. The cases leave them as
+# found (the queue's enrichment is taken away after; retention only reads). Delete the .json (and the .db)
+# or drop the database to generate afresh, e.g. after a change to bench/generate.py.
+KEEP_DATA = os.environ.get("BENCH_KEEP_DATA", "").strip().lower() in ("1", "true", "yes")
+
+
+def caseload_db(kind: str, n: int, run_id: str) -> tuple[Db, gen.Caseload, bool]:
+    """A database holding ``n`` generated placements: fresh, or kept from an earlier run
+    (``KEEP_DATA``). Returns it, its caseload and whether it is kept (then it must not be dropped)."""
+    if not KEEP_DATA:
+        db = Db(kind, f"{run_id}_{n}")
+        caseload = gen.generate(db.engine, plans()[gen.PLAN], placements=n)
+        log(f"  {kind}: {n} placements, {caseload.follow_ups} follow-ups generated in {caseload.seconds:.1f} s")
+        return db, caseload, False
+    record = DATA / f"keep_{kind}_{n}.json"
+    if record.exists():
+        db = Db(kind, f"keep_{n}" if kind != "sqlite" else f"keep_{kind}_{n}", reuse=True)
+        caseload = gen.Caseload(**json.loads(record.read_text(encoding="utf-8")))
+        log(f"  {kind}: {n} placements, {caseload.follow_ups} follow-ups kept from an earlier run ({record.name})")
+        with db.engine.begin() as conn:  # what a run stopped midway may have left of the queue's enrichment
+            first = {"outcome": 1, "family_contact": 1, "crisis_flag": 1, "follow_up": caseload.follow_ups + 1}
+            _unenrich_for_queue(conn, first)
+        return db, caseload, True
+    db = Db(kind, f"keep_{n}" if kind != "sqlite" else f"keep_{kind}_{n}")
+    caseload = gen.generate(db.engine, plans()[gen.PLAN], placements=n)
+    log(f"  {kind}: {n} placements, {caseload.follow_ups} follow-ups generated in {caseload.seconds:.1f} s (kept)")
+    record.write_text(json.dumps(caseload.__dict__), encoding="utf-8")
+    return db, caseload, True
 
 
 # -- (1) materializing plans --------------------------------------------------------------------
@@ -378,11 +425,15 @@ def _enrich_for_queue(conn: sa.Connection, worker_ids: list[int], office_id: int
     is exercised: an outcome for every done follow-up (the latest one per placement is shown),
     family contacts (two for some clients: the first is shown), opted-out clients, supervisors,
     reasons, and per measured worker an open crisis call missed yesterday with a pending retry, and
-    a missed crisis call whose flag is resolved (not shown). Made in the measuring transaction and
-    rolled back after it, so that retention and dispatch see the generator's data."""
+    a missed crisis call whose flag is resolved (not shown). Committed, as a running service's
+    data is when a worker opens the queue, and taken away after by :func:`_unenrich_for_queue`,
+    so that retention and dispatch see the generator's data. (It used to stay uncommitted in the
+    measuring transaction; at 500,000 placements that is 5 M rows SQLite spills into its WAL, and
+    every page the queue then read was looked up there: a cost no deployment has.)"""
     from service.outcomes.models import CrisisFlag
 
     t0 = time.perf_counter()
+    before = {t: gen.next_id(conn, t) for t in ("outcome", "family_contact", "follow_up", "crisis_flag")}
     risks = "CASE WHEN id % 3 = 0 THEN '[\"health\", \"money\"]' ELSE '[]' END"
     if conn.dialect.name == "postgresql":
         risks = f"CAST({risks} AS json)"
@@ -462,9 +513,37 @@ def _enrich_for_queue(conn: sa.Connection, worker_ids: list[int], office_id: int
                     crisis_follow_up_id=call,
                 )
             )
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("ANALYZE outcome, family_contact, crisis_flag"))
-    return {"outcomes": outcomes, "enrich_s": time.perf_counter() - t0}
+    return {"outcomes": outcomes, "enrich_s": time.perf_counter() - t0, "first_ids": before}
+
+
+def _settle(engine: sa.Engine) -> None:
+    """What a deployment's database has done by the time the enriched rows are read: on
+    PostgreSQL autovacuum (statistics, visibility map) on the tables written, on SQLite the WAL
+    checkpointed into the file (automatic after a commit, here made complete)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM ANALYZE outcome, family_contact, crisis_flag, follow_up, client, employer"))
+    else:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _unenrich_for_queue(conn: sa.Connection, first_ids: dict[str, int]) -> None:
+    """Takes away what :func:`_enrich_for_queue` added (rows from the ids it noted on) and sets
+    back what it changed (the generator leaves those columns empty)."""
+    for table in ("crisis_flag", "outcome", "family_contact"):
+        conn.execute(sa.text(f"DELETE FROM {table} WHERE id >= :first"), {"first": first_ids[table]})
+    conn.execute(
+        sa.text("DELETE FROM follow_up WHERE id >= :first AND retry_of IS NOT NULL"), {"first": first_ids["follow_up"]}
+    )
+    conn.execute(sa.text("DELETE FROM follow_up WHERE id >= :first"), {"first": first_ids["follow_up"]})
+    conn.execute(
+        sa.text(
+            "UPDATE client SET opted_out_at = NULL, opted_out_via = NULL, kana = NULL WHERE opted_out_at IS NOT NULL"
+        )
+    )
+    conn.execute(sa.text("UPDATE employer SET supervisor_name = NULL, phone = NULL WHERE supervisor_name IS NOT NULL"))
+    conn.execute(sa.text("UPDATE follow_up SET status_reason = NULL WHERE status_reason = 'not delivered'"))
 
 
 def _norm_raw(row: sa.Row) -> tuple:
@@ -527,8 +606,11 @@ def bench_queue_at(db: Db, caseload: gen.Caseload, calls: int) -> dict:
 
     workers = caseload.worker_ids[:: max(1, len(caseload.worker_ids) // 5)][:5]
     ours, raw, checked = [], [], 0
+    ours_cpu, raw_cpu = [], []
+    with db.engine.begin() as conn:
+        extra = _enrich_for_queue(conn, workers, caseload.office_id)
+    _settle(db.engine)
     with Session(db.engine) as session:
-        extra = _enrich_for_queue(session.connection(), workers, caseload.office_id)
         sql = sa.text(_raw_queue_sql(db.engine.dialect.name))
         users = [session.get(StaffUser, w) for w in workers]
 
@@ -552,19 +634,31 @@ def bench_queue_at(db: Db, caseload: gen.Caseload, calls: int) -> dict:
         try:
             for i in range(calls):
                 user = users[i % len(users)]
+                c0 = time.process_time()
                 t, q = timed(lambda u=user: daily_queue(session, worker=u, on=gen.TODAY))
                 ours.append(t)
+                ours_cpu.append(time.process_time() - c0)
+                c0 = time.process_time()
                 t, rows = timed(lambda u=user: run_raw(u))
                 raw.append(t)
+                raw_cpu.append(time.process_time() - c0)
                 assert [item.follow_up_id for item in q.items] == [r[0] for r in rows]
         finally:
             gc.unfreeze()
         session.rollback()
+    t0 = time.perf_counter()
+    with db.engine.begin() as conn:
+        _unenrich_for_queue(conn, extra.pop("first_ids"))
+    extra["unenrich_s"] = time.perf_counter() - t0
     return {
         "items_per_queue": len(q.items),
         "items_checked": checked,
         "ours_s": stats(ours),
         "raw_s": stats(raw),
+        # CPU time of this process per call (user + system; the page reads are system time): what
+        # the call costs, apart from waiting for a core on a shared machine
+        "ours_cpu_s": stats(ours_cpu),
+        "raw_cpu_s": stats(raw_cpu),
     } | extra
 
 
@@ -742,15 +836,17 @@ def bench_sizes(kind: str, size: dict, run_id: str) -> tuple[dict, dict | None, 
     """Queue at each size; retention at the size S (or M) figure; keeps that database for dispatch."""
     per_size, retention_result, kept, kept_caseload = {}, None, None, None
     for n in size["queue"] + ([size["retention"]] if size["retention"] not in size["queue"] else []):
-        db = Db(kind, f"{run_id}_{n}")
-        caseload = gen.generate(db.engine, plans()[gen.PLAN], placements=n)
-        log(f"  {kind}: {n} placements, {caseload.follow_ups} follow-ups generated in {caseload.seconds:.1f} s")
+        db, caseload, keep = caseload_db(kind, n, run_id)
         if n in size["queue"]:
             per_size[n] = bench_queue_at(db, caseload, size["queue_calls"]) | {"follow_ups": caseload.follow_ups}
         if n == size["retention"]:
             # The load-and-loop takes minutes at 500,000 placements: one round of it there.
             retention_result = bench_retention(db, caseload, naive_rounds=1 if n >= 200_000 else 3)
-            kept, kept_caseload = db, caseload
+            if not keep:  # dispatch writes to it: a kept caseload is not handed on
+                kept, kept_caseload = db, caseload
+                continue
+        if keep:
+            db.engine.dispose()
         else:
             db.drop()
     small, large = per_size[min(per_size)], per_size[max(per_size)]
@@ -1095,7 +1191,7 @@ def run(kinds: list[str], size_name: str, only: set[str]) -> dict:
             out["results"][kind]["queue"] = queue
             out["results"][kind]["retention"] = retention_result
             log(f"{kind}: queue and retention done")
-        elif "dispatch" in only:  # --only dispatch: just the caseload it needs
+        if "dispatch" in only and kept is None:  # --only dispatch, or a kept caseload: just the one it needs
             kept = dispatch_db(kind, size, run_id)
         if "dispatch" in only and kept is not None:
             out["results"][kind]["dispatch"] = bench_dispatch(kept, size)
