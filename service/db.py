@@ -7,13 +7,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.sql.selectable import Alias
 from sqlmodel import Session, SQLModel
 
 # Explicit constraint names, so Alembic migrations are stable on SQLite and PostgreSQL.
@@ -141,3 +144,29 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@cache
+def _indexed_by_alias(index: str) -> type[Alias]:
+    """An alias class read through ``index`` on SQLite (``INDEXED BY``), the plain table elsewhere.
+    One class per index: the class is part of the statement cache key, so two indexes never share
+    a compiled statement."""
+    cls = type(f"IndexedBy_{index}", (Alias,), {"inherit_cache": True})
+
+    @compiles(cls)
+    def _plain(element, compiler, **kw):  # type: ignore[no-untyped-def]
+        return compiler.visit_alias(element, **kw)
+
+    @compiles(cls, "sqlite")
+    def _sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+        sql = compiler.visit_alias(element, **kw)
+        return f"{sql} INDEXED BY {index}" if kw.get("asfrom") else sql
+
+    return cls
+
+
+def sqlite_indexed_by(table: sa.Table, index: str, name: str) -> Alias:
+    """``table`` aliased as ``name``, read through ``index`` on SQLite (``INDEXED BY``: SQLite's
+    planner may pick a worse index, and the statement then fails rather than slows down should the
+    index go); PostgreSQL, which keeps its own statistics, gets the plain table."""
+    return _indexed_by_alias(index)._construct(table, name=name)

@@ -14,8 +14,6 @@ import enum
 from datetime import date
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.selectable import Alias
 from sqlmodel import Session
 
 from service.accounts.models import StaffUser
@@ -29,6 +27,7 @@ from service.contacts.models import (
     Party,
     Placement,
 )
+from service.db import sqlite_indexed_by
 from service.i18n import action_text
 from service.outcomes.models import CrisisFlag, CrisisStatus, Outcome
 from service.outcomes.schemas import Queue
@@ -71,34 +70,21 @@ def _const(value: enum.StrEnum) -> sa.ColumnElement:
 _ONE = sa.literal_column("1", sa.Integer)  # LIMIT 1, written into the SQL as well
 
 
-class _ByWorker(Alias):
-    """The follow-ups read through ``ix_follow_up_queue`` (assignee, status, due date): on SQLite
-    ``INDEXED BY``. Without statistics (``sqlite_stat1``: nothing in the service runs ``ANALYZE``)
-    SQLite's planner took ``ix_follow_up_office_id`` from 100,000 placements on and read every
-    follow-up of the office for each queue, over a second at 1.4 M follow-ups against about a
-    millisecond through this index (issue 7); with statistics it chooses this index itself.
-    ``INDEXED BY`` also makes the statement fail, rather than slow down, should the index go.
-    PostgreSQL keeps statistics itself (autovacuum) and gets the plain table."""
-
-    inherit_cache = True
-
-
-@compiles(_ByWorker)
-def _by_worker(element, compiler, **kw):
-    return compiler.visit_alias(element, **kw)
-
-
-@compiles(_ByWorker, "sqlite")
-def _by_worker_sqlite(element, compiler, **kw):
-    sql = compiler.visit_alias(element, **kw)
-    return f"{sql} INDEXED BY ix_follow_up_queue" if kw.get("asfrom") else sql
+# The follow-ups read through ``ix_follow_up_queue`` (assignee, status, due date): on SQLite
+# ``INDEXED BY``. Without statistics (``sqlite_stat1``: nothing in the service runs ``ANALYZE``)
+# SQLite's planner took ``ix_follow_up_office_id`` from 100,000 placements on and read every
+# follow-up of the office for each queue, over a second at 1.4 M follow-ups against about a
+# millisecond through this index (issue 7); with statistics it chooses this index itself.
+# ``INDEXED BY`` also makes the statement fail, rather than slow down, should the index go.
+# PostgreSQL keeps statistics itself (autovacuum) and gets the plain table.
+# (on SQLite ``INDEXED BY``: service/db.py ``sqlite_indexed_by``)
 
 
 def _statement() -> sa.Select:
     """The queue's one query, built once; the worker, office and date are bound per call."""
     pl, cl, em = (sa.inspect(m).local_table for m in (Placement, Client, Employer))
     follow_up = sa.inspect(FollowUp).local_table
-    fu = _ByWorker._construct(follow_up, name="f")
+    fu = sqlite_indexed_by(follow_up, "ix_follow_up_queue", "f")
     fam, out, flag = (sa.inspect(m).local_table for m in (FamilyContact, Outcome, CrisisFlag))
     root, out_any = follow_up.alias("retried"), out.alias("o_any")
 

@@ -71,11 +71,11 @@ from statistics import NormalDist
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.sql.selectable import Alias
 from sqlmodel import Session
 
 from service.accounts.models import Office, StaffUser
 from service.contacts.models import Client, Employer, Placement, Separation
+from service.db import sqlite_indexed_by
 from service.outcomes.schemas import (
     CurveGroup,
     CurvePoint,
@@ -262,28 +262,12 @@ _s = Separation.__table__
 _c = Client.__table__
 
 
-class _ByStartDate(Alias):
-    """The placements read through ``ix_placement_retention`` (migration 0008): by office and
-    start date, with every group key, so a range of start dates is counted from the index alone.
-    SQLite's planner would rather walk the group key's own index (to skip sorting) and read every
-    row from the table, more than half again as slow; ``INDEXED BY`` also makes the statement
-    fail, rather than slow down, should the index go."""
-
-    inherit_cache = True
-
-
-@compiles(_ByStartDate)
-def _by_start_date(element, compiler, **kw):
-    return compiler.visit_alias(element, **kw)
-
-
-@compiles(_ByStartDate, "sqlite")
-def _by_start_date_sqlite(element, compiler, **kw):
-    sql = compiler.visit_alias(element, **kw)
-    return f"{sql} INDEXED BY ix_placement_retention" if kw.get("asfrom") else sql
-
-
-_p_by_start = _ByStartDate._construct(_p, name="placement_by_start")
+# The placements read through ``ix_placement_retention`` (migration 0008): by office and
+# start date, with every group key, so a range of start dates is counted from the index alone.
+# SQLite's planner would rather walk the group key's own index (to skip sorting) and read every
+# row from the table, more than half again as slow; ``INDEXED BY`` also makes the statement
+# fail, rather than slow down, should the index go.
+_p_by_start = sqlite_indexed_by(_p, "ix_placement_retention", "placement_by_start")
 
 
 def _group_key(by: Grouping, p=_p):

@@ -112,6 +112,16 @@ def test_a_421_stops_the_batch_and_what_followed_was_never_tried(pipelining):
         assert a.idle_sessions == 0
 
 
+async def drop_session(sink, how: str, at_next_mail: str) -> None:
+    """The session kept from the last batch goes: the server hangs up now ("hang_up"), or answers
+    the next MAIL FROM with ``at_next_mail`` ("" closes the line without a word)."""
+    if how == "hang_up":
+        await asyncio.to_thread(sink.hang_up)
+        await asyncio.sleep(0.1)
+    else:
+        sink.at_next_mail = at_next_mail
+
+
 @PATHS
 @pytest.mark.parametrize("how", ["hang_up", "silently_at_next_mail", "421_at_next_mail"])
 def test_a_session_dropped_between_batches_is_reopened_and_the_message_sent_once(pipelining, how):
@@ -120,11 +130,7 @@ def test_a_session_dropped_between_batches_is_reopened_and_the_message_sent_once
 
         async def run() -> list[list]:
             first = await a.send_batch(emails("c0@example.jp"))
-            if how == "hang_up":
-                await asyncio.to_thread(sink.hang_up)
-                await asyncio.sleep(0.1)
-            else:
-                sink.at_next_mail = "" if how.startswith("silently") else "421 4.4.2 Idle too long"
+            await drop_session(sink, how, "421 4.4.2 Idle too long" if how.startswith("421") else "")
             second = await a.send_batch([Email(2, "c1@example.jp", "お仕事の様子", BODY)])
             await a.aclose()
             return [first, second]
@@ -208,11 +214,7 @@ def test_a_sign_in_refused_on_reopening_mid_batch_leaves_the_e_mails_untried_and
 
         async def run() -> list[list]:
             first = await a.send_batch(emails("c0@example.jp"))
-            if how == "hang_up":
-                await asyncio.to_thread(sink.hang_up)
-                await asyncio.sleep(0.1)
-            else:
-                sink.at_next_mail = ""
+            await drop_session(sink, how, "")
             sink.auth_answer = answer
             second = await a.send_batch(emails("taro.yamada@example.jp", "c2@example.jp", "c3@example.jp"))
             await a.aclose()
