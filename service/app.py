@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from service import __version__, ops, policy
 from service.accounts.routes import router as accounts_router
@@ -193,3 +193,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
         log.warning("integrity error: %s", type(exc.orig).__name__)
         return JSONResponse({"detail": "this conflicts with a record that already exists"}, status_code=409)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        # The database refused or dropped the statement or the commit (restarting, unreachable, locked
+        # past the busy timeout). The transaction was rolled back: nothing of the request was kept.
+        log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else "OperationalError")
+        return JSONResponse(
+            {"detail": "the database is unavailable; nothing was saved, try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )

@@ -23,6 +23,9 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
 
 
 def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, committed when the route returns and before the response is sent
+    (``scope="function"`` below): a 201 means the row is stored, and a commit the database refuses
+    becomes the error response instead of a success already on its way to the client."""
     session: Session = request.app.state.session_factory()
     try:
         yield session
@@ -46,7 +49,7 @@ def get_signer(request: Request) -> TokenSigner:
     return request.app.state.signer
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 PlansDep = Annotated[dict[str, PlanTemplate], Depends(get_plans)]
 SignerDep = Annotated[TokenSigner, Depends(get_signer)]
