@@ -77,7 +77,9 @@ def api(name: str, url: str, *, workers: int = 1, scheduler: bool = False, **ext
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "bench.load:app_factory", "--factory", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
-    env = _env(url, port, TEICHAKU_SCHEDULER_ENABLED="true" if scheduler else "false", **extra)
+    # Without a scheduler of its own, as `teichaku serve --no-scheduler`: it keeps SMS, the scheduler acts.
+    role = "true" if scheduler else "false"
+    env = _env(url, port, TEICHAKU_SCHEDULER_ENABLED=role, TEICHAKU_ACT_ON_SMS_IN_API=role, **extra)
     return Proc(name, cmd, env, port)
 
 

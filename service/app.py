@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -73,7 +74,10 @@ def create_app(
         app.state.messaging = messaging or Messaging.from_settings(settings)
         scheduler = None
         if settings.scheduler_enabled:
-            ctx = JobContext(app.state.session_factory, app.state.clock, app.state.messaging)
+            # A scheduler process of its own (public=False) serves no webhooks: the SMS its API
+            # processes keep wait for it, not for them.
+            grace = {} if public and settings.act_on_sms_in_api else {"reply_grace": timedelta(0)}
+            ctx = JobContext(app.state.session_factory, app.state.clock, app.state.messaging, **grace)
             await catch_up(ctx)
             scheduler = build_scheduler(settings, ctx)
             scheduler.start()

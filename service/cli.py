@@ -64,8 +64,8 @@ def serve(
     from service.logging import configure_logging
 
     settings = get_settings()
-    if not scheduler:
-        settings = settings.model_copy(update={"scheduler_enabled": False})
+    if not scheduler:  # the scheduler processes beside this one act on the SMS it keeps
+        settings = settings.model_copy(update={"scheduler_enabled": False, "act_on_sms_in_api": False})
     configure_logging()  # JSON lines with request ids; no personal data (service/logging.py)
     uvicorn.run(
         create_app(settings),

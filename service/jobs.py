@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
@@ -38,6 +39,9 @@ class JobContext:
     factory: sessionmaker[Session]
     clock: Clock
     messaging: Any = None  # service.contacts.messaging.outbox.Messaging
+    # How long process_replies leaves a kept SMS to the API process that kept it, which acts on it
+    # itself: in a process serving the API too. A `teichaku scheduler` process takes them at once.
+    reply_grace: timedelta = answers.WAITING_GRACE
 
 
 SyncJob = Callable[[Session, JobContext], int]
@@ -58,7 +62,12 @@ JOBS: dict[str, SyncJob | AsyncJob] = {
     ),
     # SMS kept (Twilio answered) but not acted on: their process stopped right after (issue 7).
     "process_replies": lambda ctx: asyncio.to_thread(
-        answers.process_waiting_sms, ctx.factory, ctx.messaging, ctx.clock
+        answers.process_waiting_sms,
+        ctx.factory,
+        ctx.messaging,
+        ctx.clock,
+        grace=ctx.reply_grace,
+        threads=ctx.messaging.settings.reply_threads,
     ),
 }
 ASYNC = {"dispatch", "process_replies"}
@@ -78,7 +87,9 @@ async def arun_job(name: str, ctx: JobContext) -> int:
         ops.observe_job(name, time.perf_counter() - started, ok=False)
         raise
     ops.observe_job(name, time.perf_counter() - started, ok=True)  # tick durations for /metrics
-    log.info("job %s done: %s row(s) in %d ms", name, count, (time.perf_counter() - started) * 1000)
+    # A run with nothing to do (process_replies looks every few seconds) is for debugging only.
+    level = logging.INFO if count else logging.DEBUG
+    log.log(level, "job %s done: %s row(s) in %d ms", name, count, (time.perf_counter() - started) * 1000)
     return count
 
 

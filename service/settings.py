@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     token_ttl_minutes: int = Field(default=480, ge=5, le=60 * 24 * 14)
     default_timezone: str = "Asia/Tokyo"
     scheduler_enabled: bool = True
+    # An API process acts on an inbound SMS (its answer's outcome, a STOP, the crisis rules) right
+    # after Twilio hears 200 (True: one process in all), or only keeps it for the scheduler's
+    # process_replies job (False: `teichaku serve --no-scheduler`, beside `teichaku scheduler`
+    # processes), so API processes spend their time answering webhooks (issue 7, benchmark 4).
+    act_on_sms_in_api: bool = True
+    # How often process_replies looks for kept SMS not acted on yet (an index of only those rows).
+    reply_interval_seconds: int = Field(default=2, ge=1, le=60)
+    # Threads that job acts in on PostgreSQL (SQLite: one). More drain a burst sooner but take CPU
+    # from API processes on the same machine (bench/README.md, webhooks): raise it for a scheduler
+    # with cores of its own.
+    reply_threads: int = Field(default=1, ge=1, le=8)
     mark_missed_interval_minutes: int = Field(default=15, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000

@@ -389,3 +389,26 @@ def test_demo_on_a_database_with_data_refuses(teichaku, db_url, world, factory):
     assert "not empty" in result.stderr
     with factory() as s:
         assert s.exec(select(func.count()).select_from(Placement)).one() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "scheduler", "acts_on_sms"),
+    [(["serve"], True, True), (["serve", "--no-scheduler"], False, False), (["scheduler"], True, True)],
+)
+def test_each_role_runs_what_it_says(teichaku, monkeypatch, args, scheduler, acts_on_sms):
+    """``serve``: one process in all. ``serve --no-scheduler``: an API process beside scheduler
+    processes, which keeps inbound SMS and leaves the acting to them. ``scheduler``: the jobs only."""
+    import uvicorn
+
+    import service.app
+    import service.logging
+
+    built: list = []
+    monkeypatch.setattr(service.logging, "configure_logging", lambda: None)  # the suite's logging stays
+    monkeypatch.setattr(service.app, "create_app", lambda settings, **kw: built.append((settings, kw)) or object())
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    result = teichaku(*args)
+    assert result.exit_code == 0, result.output
+    ((settings, kw),) = built
+    assert settings.scheduler_enabled is scheduler and settings.act_on_sms_in_api is acts_on_sms
+    assert kw.get("public", True) is (args[0] == "serve")

@@ -214,7 +214,9 @@ async def inbound_sms(request: Request, form: TwilioForm) -> Response:
     """The signature is checked and the form read on the event loop. The SMS is kept (its row
     committed) before Twilio hears 200, so a 200 means kept; it is acted on (the answer's outcome,
     a STOP, the crisis rules) right after the response, in this process, and by the scheduler's
-    ``process_replies`` job if this process stops first. A re-delivery is answered 200 at once."""
+    ``process_replies`` job if this process stops first. An API process beside scheduler processes
+    (``act_on_sms_in_api`` off: ``serve --no-scheduler``) only keeps it: their job acts within
+    seconds. A re-delivery is answered 200 at once."""
     sid, sender, body = form.get("MessageSid"), form.get("From"), form.get("Body", "")
     if not sid or not sender or len(sid) > 200 or len(body) > 2000:
         raise HTTPException(422, "MessageSid, From and Body are required")
@@ -225,7 +227,7 @@ async def inbound_sms(request: Request, form: TwilioForm) -> Response:
         inbound_id = await _in_thread(_DB_THREADS, _keep_sms, state, sid, sender, body)
     finally:
         _keeping -= 1
-    if inbound_id is None:
+    if inbound_id is None or not state.settings.act_on_sms_in_api:
         return _xml(EMPTY_TWIML)
     return Response(
         EMPTY_TWIML, media_type="application/xml", background=BackgroundTask(_act_on_sms, state, inbound_id)

@@ -18,7 +18,9 @@ marks it processed by a conditional UPDATE so that it is acted on once; the sche
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -566,31 +568,58 @@ def handle_sms(
 WAITING_GRACE = timedelta(seconds=30)
 
 
-def process_waiting_sms(factory: sessionmaker[Session], messaging: Messaging, clock: Clock, *, limit: int = 500) -> int:
-    """The scheduler's ``process_replies`` job: act on each SMS kept but left unprocessed (its
-    process stopped after answering Twilio), each in its own transaction. How many it acted on."""
+def process_waiting_sms(
+    factory: sessionmaker[Session],
+    messaging: Messaging,
+    clock: Clock,
+    *,
+    grace: timedelta = WAITING_GRACE,
+    threads: int = 1,
+    limit: int = 500,
+) -> int:
+    """The scheduler's ``process_replies`` job: act on each SMS kept but not acted on, received
+    ``grace`` ago or earlier, each in its own transaction (an API process that acts on what it keeps
+    stopped after answering Twilio; or API processes that only keep). How many it acted on.
+
+    On PostgreSQL in up to ``threads`` threads at once (SQLite writes one transaction at a time): a
+    sender's messages stay on one thread, in the order received, so a STOP then a START ends started."""
     with session_scope(factory) as session:
-        ids = waiting_sms(session, received_before=clock.now() - WAITING_GRACE, limit=limit)
-    done = 0
-    for inbound_id in ids:
-        try:
-            with session_scope(factory) as session:
-                done += process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock) is not None
-        except Exception:
-            log.exception("acting on a kept SMS failed; the next run tries again")  # the id only, no data
-    return done
+        waiting = waiting_sms(session, received_before=clock.now() - grace, limit=limit)
+        threads = threads if session.get_bind().dialect.name == "postgresql" else 1
+    lanes: dict[int, list[int]] = {}
+    for inbound_id, sender in waiting:
+        lanes.setdefault(hash(sender) % threads, []).append(inbound_id)
+
+    def act(ids: list[int]) -> int:
+        done = 0
+        for inbound_id in ids:
+            try:
+                with session_scope(factory) as session:
+                    done += process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock) is not None
+            except Exception:
+                log.exception("acting on a kept SMS failed; the next run tries again")  # the id only, no data
+        return done
+
+    if len(lanes) <= 1:
+        return sum(act(ids) for ids in lanes.values())
+    # Each thread in a copy of this context: what it writes is attributed to the job (the audit actor).
+    contexts = [contextvars.copy_context() for _ in lanes]
+    with ThreadPoolExecutor(len(lanes), thread_name_prefix="process-replies") as pool:
+        return sum(pool.map(lambda context, ids: context.run(act, ids), contexts, lanes.values()))
 
 
-def waiting_sms(session: Session, *, received_before: datetime, limit: int) -> list[int]:
-    """Kept SMS not acted on, received before the given instant, oldest first (the recovery job)."""
-    return list(
-        session.exec(
-            select(InboundMessage.id)
-            .where(col(InboundMessage.processed_at).is_(None), InboundMessage.received_at < received_before)
+def waiting_sms(session: Session, *, received_before: datetime, limit: int) -> list[tuple[int, str]]:
+    """Kept SMS not acted on, received at or before the given instant, oldest first, with their
+    senders (process_replies)."""
+    return [
+        (inbound_id, sender)
+        for inbound_id, sender in session.exec(
+            select(InboundMessage.id, InboundMessage.from_address)
+            .where(col(InboundMessage.processed_at).is_(None), InboundMessage.received_at <= received_before)
             .order_by(col(InboundMessage.received_at), col(InboundMessage.id))
             .limit(limit)
         ).all()
-    )
+    ]
 
 
 def _apply_command(

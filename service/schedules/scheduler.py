@@ -37,8 +37,9 @@ def build_scheduler(settings: Settings, ctx: JobContext) -> AsyncIOScheduler:
         "morning_digest": IntervalTrigger(minutes=5, timezone="UTC"),
         # Emergencies go out whatever the hour: written every 20 s, sent by the next dispatch.
         "deliver_alerts": IntervalTrigger(seconds=20, timezone="UTC"),
-        # An SMS reply kept but not acted on (its API process stopped after answering Twilio).
-        "process_replies": IntervalTrigger(seconds=30, timezone="UTC"),
+        # SMS replies kept but not acted on: by API processes that only keep them (--no-scheduler),
+        # or by one that stopped right after answering Twilio.
+        "process_replies": IntervalTrigger(seconds=settings.reply_interval_seconds, timezone="UTC"),
         # SQLite's planner statistics (service/maintenance.py); also at start-up (CATCH_UP).
         "optimize_database": IntervalTrigger(hours=24, timezone="UTC"),
         # Post-employment program sessions and invitations, written plan_ahead_days ahead.

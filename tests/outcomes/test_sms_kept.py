@@ -9,7 +9,9 @@ import threading
 from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.audit.models import AuditEvent
 from service.contacts.messaging.models import InboundMessage
 from service.contacts.models import Client, FollowUp, FollowUpStatus
@@ -107,3 +109,72 @@ def test_acted_on_once_when_the_request_and_the_job_reach_it_together(api, http,
         t.join()
     assert sorted(r is None for r in results) == [False, True]  # one acted, the other found it done
     assert len(outcomes_of(factory, ci)) == 1
+
+
+def test_an_api_beside_scheduler_processes_only_keeps_and_the_scheduler_acts_at_once(api, http, factory, clock, engine):
+    """``serve --no-scheduler`` (act_on_sms_in_api off): the API answers Twilio once the SMS is kept
+    and leaves the acting to the scheduler processes, whose process_replies takes it without the
+    grace a self-acting API gets: a `teichaku scheduler` process acts on it at its next run."""
+    ci = sent_check_in(api, http, factory, clock)
+    base = http.app.state.settings
+    http.app.state.settings = base.model_copy(update={"act_on_sms_in_api": False})
+    assert post_signed(http, SMS, sms(ci, "1", SID)).status_code == 200
+    (kept,) = rows(factory, InboundMessage, InboundMessage.provider_id == SID)
+    assert kept.processed_at is None and outcomes_of(factory, ci) == []  # kept, not acted on
+
+    # A scheduler process of its own (public=False): its start-up run of process_replies acts at
+    # once, the clock unmoved. (Its interval is reply_interval_seconds, 2 s by default.)
+    role = base.model_copy(update={"scheduler_enabled": True})
+    scheduler_app = create_app(role, engine=engine, clock=clock, public=False)
+    with TestClient(scheduler_app) as ops_client:
+        assert ops_client.get("/healthz").status_code == 200
+    (row,) = rows(factory, InboundMessage, InboundMessage.provider_id == SID)
+    assert row.processed_at == clock.now()
+    (outcome,) = outcomes_of(factory, ci)
+    assert (outcome.source, outcome.wellbeing) == ("sms", 4) and row.outcome_id == outcome.id
+
+
+def test_an_api_that_acts_itself_leaves_its_fresh_sms_to_itself(api, http, factory, clock, engine):
+    """``serve`` in one process: the scheduler in it leaves an SMS kept a moment ago to the request
+    that kept it (which acts right after the response), and takes it only after the grace."""
+    ci = sent_check_in(api, http, factory, clock)
+    base = http.app.state.settings
+    http.app.state.settings = base.model_copy(update={"act_on_sms_in_api": False})  # as if it stopped
+    assert post_signed(http, SMS, sms(ci, "1", SID)).status_code == 200
+    one_process = create_app(base.model_copy(update={"scheduler_enabled": True}), engine=engine, clock=clock)
+    with TestClient(one_process):
+        pass
+    assert outcomes_of(factory, ci) == []
+    clock.set(clock.now() + answers.WAITING_GRACE + timedelta(seconds=1))
+    with TestClient(one_process):
+        pass
+    assert len(outcomes_of(factory, ci)) == 1
+
+
+def test_the_job_acts_on_many_senders_at_once_each_in_order_and_attributed(api, http, factory, clock, monkeypatch):
+    """process_replies acts on a backlog from many senders (three threads on PostgreSQL), each
+    SMS once, a sender's own in the order received (STOP then START ends started), every change
+    attributed to the job."""
+    ci = sent_check_in(api, http, factory, clock)
+    http.app.state.settings = http.app.state.settings.model_copy(update={"act_on_sms_in_api": False})
+    messaging = http.app.state.messaging
+    monkeypatch.setattr(messaging, "settings", messaging.settings.model_copy(update={"reply_threads": 3}))
+    strangers = [f"+8190{n:08d}" for n in range(12)]  # numbers we do not know: kept, nothing else
+    posted = [sms(ci, "STOP", "SM" + "a" * 32), sms(ci, "START", "SM" + "b" * 32)]
+    posted += [sms(ci, "1", f"SM{n:032d}") | {"From": phone} for n, phone in enumerate(strangers)]
+    for params in posted:
+        assert post_signed(http, SMS, params).status_code == 200
+        clock.set(clock.now() + timedelta(seconds=1))  # received in this order
+    assert run_job("process_replies", factory, clock, http.app.state.messaging) == 0  # within the grace
+    clock.set(clock.now() + answers.WAITING_GRACE)
+    assert run_job("process_replies", factory, clock, http.app.state.messaging) == len(posted)
+    assert run_job("process_replies", factory, clock, http.app.state.messaging) == 0
+
+    kept = rows(factory, InboundMessage)
+    assert len(kept) == len(posted) and all(r.processed_at == clock.now() for r in kept)
+    (client,) = rows(factory, Client, Client.id == ci.client_id)
+    assert client.opted_out_at is None  # stopped, then started again
+    assert len(replies_to(factory, ci)) == 2  # both confirmations
+    acted = rows(factory, AuditEvent, AuditEvent.record_type == "inbound_message", AuditEvent.action == "update")
+    assert len(acted) == len(posted)
+    assert {(e.actor_type.value, e.actor_label) for e in acted} == {("job", "process_replies")}
