@@ -28,6 +28,7 @@ from service.jobs import JobContext
 from service.middleware import RequestContextMiddleware
 from service.outcomes import crisis
 from service.outcomes.answer_routes import router as answer_router
+from service.outcomes.answers import WAITING_GRACE
 from service.outcomes.crisis_routes import router as crisis_router
 from service.outcomes.export_routes import router as exports_router
 from service.outcomes.program import config_at as program_config
@@ -74,10 +75,11 @@ def create_app(
         app.state.messaging = messaging or Messaging.from_settings(settings)
         scheduler = None
         if settings.scheduler_enabled:
-            # A scheduler process of its own (public=False) serves no webhooks: the SMS its API
-            # processes keep wait for it, not for them.
-            grace = {} if public and settings.act_on_sms_in_api else {"reply_grace": timedelta(0)}
-            ctx = JobContext(app.state.session_factory, app.state.clock, app.state.messaging, **grace)
+            # Kept SMS are left a moment to the API process that kept them only where it acts on
+            # them itself; a scheduler process of its own (public=False) takes them at once.
+            acts_itself = public and settings.act_on_sms_in_api
+            grace = WAITING_GRACE if acts_itself else timedelta(0)
+            ctx = JobContext(app.state.session_factory, app.state.clock, app.state.messaging, reply_grace=grace)
             await catch_up(ctx)
             scheduler = build_scheduler(settings, ctx)
             scheduler.start()

@@ -76,8 +76,7 @@ _ONE = sa.literal_column("1", sa.Integer)  # LIMIT 1, written into the SQL as we
 # follow-up of the office for each queue, over a second at 1.4 M follow-ups against about a
 # millisecond through this index (issue 7); with statistics it chooses this index itself.
 # ``INDEXED BY`` also makes the statement fail, rather than slow down, should the index go.
-# PostgreSQL keeps statistics itself (autovacuum) and gets the plain table.
-# (on SQLite ``INDEXED BY``: service/db.py ``sqlite_indexed_by``)
+# PostgreSQL keeps statistics itself (autovacuum) and gets the plain table (``sqlite_indexed_by``).
 
 
 def _statement() -> sa.Select:
