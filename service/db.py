@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,6 +81,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if path and path != ":memory:":
+            _writers_take_turns(engine, _file_lock(str(Path(path).resolve())))
         return engine
     engine = sa.create_engine(url, **kwargs)
     _ping_when_idle(engine)
@@ -112,6 +116,56 @@ def _ping_when_idle(engine: Engine) -> None:
         except Exception as exc:
             # The pool discards this connection and checks out (or opens) another.
             raise sa.exc.DisconnectionError("a pooled connection did not answer a ping") from exc
+
+
+# SQLite lets one connection write at a time. One kept waiting (busy_timeout) polls for the lock,
+# sleeping up to 100 ms between tries, and a newcomer can take the lock between two tries: under a
+# steady stream of short writes (webhooks at 200/s beside the scheduler's tick, issue 7) a waiter
+# could go unserved for a second. So the writers of this process queue on a lock of their own,
+# taken where SQLite's would be (the driver begins a transaction at the first INSERT, UPDATE,
+# DELETE or REPLACE) and given back at commit or rollback: a waiter is woken the moment the
+# writer before it is done. Other processes (the CLI beside a server) still meet busy_timeout.
+_DML = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+WRITE_WAIT_SECONDS = 30.0  # as busy_timeout: then "database is locked", a 503 at the API
+_file_locks: dict[str, threading.Lock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def _file_lock(path: str) -> threading.Lock:
+    with _file_locks_guard:
+        return _file_locks.setdefault(path, threading.Lock())
+
+
+def _writers_take_turns(engine: Engine, lock: threading.Lock) -> None:
+    dialect = engine.dialect
+    holder: list[Any] = [None]  # the DBAPI connection whose transaction holds the lock
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take(conn, _cursor, statement, _params, _context, _many):  # type: ignore[no-untyped-def]
+        dbapi_conn = conn.connection.dbapi_connection
+        if holder[0] is dbapi_conn or not statement.lstrip()[:7].upper().startswith(_DML):
+            return
+        if not lock.acquire(timeout=WRITE_WAIT_SECONDS):
+            raise sqlite3.OperationalError("database is locked")
+        holder[0] = dbapi_conn
+
+    def _give_back(conn: Any) -> None:  # a pooled connection's proxy, or the DBAPI connection itself
+        if holder[0] is getattr(conn, "dbapi_connection", conn):
+            holder[0] = None
+            lock.release()
+
+    def _ending(original):  # type: ignore[no-untyped-def]
+        def end(dbapi_conn: Any) -> None:
+            try:
+                original(dbapi_conn)
+            finally:
+                _give_back(dbapi_conn)
+
+        return end
+
+    dialect.do_commit = _ending(dialect.do_commit)  # type: ignore[method-assign]
+    dialect.do_rollback = _ending(dialect.do_rollback)  # type: ignore[method-assign]
+    dialect.do_close = _ending(dialect.do_close)  # type: ignore[method-assign]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -230,7 +230,7 @@ async def inbound_sms(request: Request, form: TwilioForm) -> Response:
     if inbound_id is None or not state.settings.act_on_sms_in_api:
         return _xml(EMPTY_TWIML)
     return Response(
-        EMPTY_TWIML, media_type="application/xml", background=BackgroundTask(_act_on_sms, state, inbound_id)
+        EMPTY_TWIML, media_type="application/xml", background=BackgroundTask(_act_on_sms, state, inbound_id, sender)
     )
 
 
@@ -239,10 +239,12 @@ async def inbound_sms(request: Request, form: TwilioForm) -> Response:
 # Keeping an SMS (what Twilio waits for) and acting on it have separate threads, so a backlog of
 # the second never holds up the first; together they stay within the engine's pool (5 + 10).
 _DB_THREADS = ThreadPoolExecutor(max_workers=6, thread_name_prefix="sms-keep")
-_ACT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sms-act")
+# Two acting lanes of one thread each (acting is mostly waiting for the database, a few statements
+# in a row); a sender's SMS always take the same lane, so they are acted on in the order kept (a STOP
+# then a START ends started), as the process_replies job keeps them in order.
+_ACT_LANES = tuple(ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sms-act-{n}") for n in range(2))
 # Twilio waits for the keeping, nobody for the acting: an acting thread lets SMS being kept go
 # first (they share the interpreter lock), for a moment at most, so acting never stops for long.
-# Two acting threads: acting is mostly waiting for the database, a few statements in a row.
 _keeping = 0
 ACT_YIELD_SECONDS = 0.02
 
@@ -258,9 +260,9 @@ def _keep_sms(state: State, sid: str, sender: str, body: str) -> int | None:
         return answers.receive_sms(session, message_sid=sid, from_phone=sender, body=body, clock=state.clock)
 
 
-async def _act_on_sms(state: State, inbound_id: int) -> None:
+async def _act_on_sms(state: State, inbound_id: int, sender: str) -> None:
     try:
-        await _in_thread(_ACT_THREADS, _process_sms, state, inbound_id)
+        await _in_thread(_ACT_LANES[hash(sender) % len(_ACT_LANES)], _process_sms, state, inbound_id)
     except Exception:
         # Its type and frames only (service/logging.py); the row waits for process_replies.
         log.exception("acting on a kept SMS failed; the process_replies job tries again")

@@ -5,7 +5,9 @@ and the job reach it at the same time."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -178,3 +180,31 @@ def test_the_job_acts_on_many_senders_at_once_each_in_order_and_attributed(api, 
     acted = rows(factory, AuditEvent, AuditEvent.record_type == "inbound_message", AuditEvent.action == "update")
     assert len(acted) == len(posted)
     assert {(e.actor_type.value, e.actor_label) for e in acted} == {("job", "process_replies")}
+
+
+def test_an_api_acting_itself_acts_on_a_senders_sms_in_the_order_kept(api, http, factory, clock, monkeypatch):
+    """``serve`` in one process acts on kept SMS after each response, on two threads: a sender's
+    own go one after the other, in the order kept, even when the first takes its time (STOP, then
+    START a moment later, ends started)."""
+    ci = sent_check_in(api, http, factory, clock)
+    state = http.app.state
+    state.settings = state.settings.model_copy(update={"act_on_sms_in_api": False})  # kept; acted on below
+    for params in (sms(ci, "STOP", "SM" + "a" * 32), sms(ci, "START", "SM" + "b" * 32)):
+        assert post_signed(http, SMS, params).status_code == 200
+    stop, start = (r.id for r in sorted(rows(factory, InboundMessage), key=lambda r: r.id))
+    real = answers.process_sms
+
+    def slow_stop(session, *, inbound_id, **kw):
+        if inbound_id == stop:
+            time.sleep(0.5)  # the STOP is slow to act on: the START must not overtake it
+        return real(session, inbound_id=inbound_id, **kw)
+
+    monkeypatch.setattr(answers, "process_sms", slow_stop)
+
+    async def both() -> None:
+        await asyncio.gather(*(answer_routes._act_on_sms(state, i, ci.phone) for i in (stop, start)))
+
+    asyncio.run(both())
+    assert all(r.processed_at is not None for r in rows(factory, InboundMessage))
+    (client,) = rows(factory, Client, Client.id == ci.client_id)
+    assert client.opted_out_at is None  # stopped, then started again
