@@ -188,6 +188,23 @@ class DatabaseCollector(Collector):
             lag.add_metric([], max(0.0, (now - _aware(oldest)).total_seconds()) if oldest is not None else 0)
             yield lag
 
+            waiting = dict(
+                conn.execute(
+                    text(
+                        "SELECT next_attempt_at IS NOT NULL, COUNT(*) FROM inbound_message"
+                        " WHERE processed_at IS NULL GROUP BY next_attempt_at IS NOT NULL"
+                    )
+                ).all()
+            )
+            inbound = GaugeMetricFamily(
+                "teichaku_inbound_sms_waiting",
+                "Inbound SMS kept, not acted on yet: new, or put off after failed tries (a fault to look into).",
+                labels=["state"],
+            )
+            inbound.add_metric(["new"], waiting.get(False, 0))  # SQLite's 0 and 1 are equal keys to these
+            inbound.add_metric(["put_off"], waiting.get(True, 0))
+            yield inbound
+
             flags = GaugeMetricFamily(
                 "teichaku_crisis_flags",
                 "Crisis flags not yet resolved, by severity and status (open, acknowledged).",

@@ -85,9 +85,9 @@ _CLAIM = {
 def _claim_inbound(session: Session, **given: object) -> tuple[int, dict] | None:
     """Insert the inbound row unless its provider id was recorded before (even concurrently: the
     unique index decides, PostgreSQL's waits for the other transaction). One statement, no read
-    first; the row's columns as given, the others None. Returns its id and its "create" audit
-    event (to write with the answer's others), or None for a duplicate."""
-    values = dict.fromkeys(_INBOUND_COLUMNS) | given
+    first; the row's columns as given, the others None (no failed tries). Returns its id and its
+    "create" audit event (to write with the answer's others), or None for a duplicate."""
+    values = dict.fromkeys(_INBOUND_COLUMNS) | {"attempts": 0} | given
     conn = session.connection()
     inbound_id = conn.execute(_CLAIM[conn.dialect.name], values).scalar()
     if inbound_id is None:
@@ -584,7 +584,7 @@ def process_waiting_sms(
     On PostgreSQL in up to ``threads`` threads at once (SQLite writes one transaction at a time): a
     sender's messages stay on one thread, in the order received, so a STOP then a START ends started."""
     with session_scope(factory) as session:
-        waiting = waiting_sms(session, received_before=clock.now() - grace, limit=limit)
+        waiting = waiting_sms(session, received_before=clock.now() - grace, limit=limit, now=clock.now())
         threads = threads if session.get_bind().dialect.name == "postgresql" else 1
     lanes: dict[int, list[int]] = {}
     for inbound_id, sender in waiting:
@@ -597,7 +597,11 @@ def process_waiting_sms(
                 with session_scope(factory) as session:
                     done += process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock) is not None
             except Exception:
-                log.exception("acting on a kept SMS failed; the next run tries again")  # the id only, no data
+                log.exception("acting on kept SMS %s failed", inbound_id)  # its id and the error's type, no data
+                try:
+                    _put_off(factory, inbound_id, clock.now())
+                except Exception:
+                    log.exception("kept SMS %s could not be put off; the next run tries again", inbound_id)
         return done
 
     if len(lanes) <= 1:
@@ -608,14 +612,38 @@ def process_waiting_sms(
         return sum(pool.map(lambda context, ids: context.run(act, ids), contexts, lanes.values()))
 
 
-def waiting_sms(session: Session, *, received_before: datetime, limit: int) -> list[tuple[int, str]]:
-    """Kept SMS not acted on, received at or before the given instant, oldest first, with their
-    senders (process_replies)."""
+# A kept SMS whose acting failed (a fault of ours: the message is kept, the change rolled back) is
+# tried again after these, then every 2 h; never dropped, never holding up the SMS behind it.
+RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2))
+
+
+def _put_off(factory: sessionmaker[Session], inbound_id: int, now: datetime) -> None:
+    """One more failed try on a kept SMS, and when the next is due."""
+    with session_scope(factory) as session:
+        conn = session.connection()
+        attempts = conn.execute(
+            update(_INBOUND)
+            .where(_INBOUND.c.id == inbound_id, _INBOUND.c.processed_at.is_(None))
+            .values(attempts=_INBOUND.c.attempts + 1)
+            .returning(_INBOUND.c.attempts)
+        ).scalar()
+        if attempts is None:
+            return  # acted on meanwhile (by the API that kept it)
+        retry_at = now + RETRY_BACKOFF[min(attempts, len(RETRY_BACKOFF)) - 1]
+        conn.execute(update(_INBOUND).where(_INBOUND.c.id == inbound_id).values(next_attempt_at=retry_at))
+    log.warning("kept SMS %s: %s failed tries; the next at %s", inbound_id, attempts, retry_at.isoformat())
+
+
+def waiting_sms(session: Session, *, received_before: datetime, now: datetime, limit: int) -> list[tuple[int, str]]:
+    """Kept SMS not acted on, received at or before ``received_before``, oldest first, with their
+    senders (process_replies); one whose acting failed only once its next try is due (``now``)."""
+    next_try = col(InboundMessage.next_attempt_at)
+    due = next_try.is_(None) | (next_try <= now)
     return [
         (inbound_id, sender)
         for inbound_id, sender in session.exec(
             select(InboundMessage.id, InboundMessage.from_address)
-            .where(col(InboundMessage.processed_at).is_(None), InboundMessage.received_at <= received_before)
+            .where(col(InboundMessage.processed_at).is_(None), InboundMessage.received_at <= received_before, due)
             .order_by(col(InboundMessage.received_at), col(InboundMessage.id))
             .limit(limit)
         ).all()

@@ -30,6 +30,7 @@ from tests.outcomes.test_webhooks import (  # noqa: F401  (settings: the Twilio 
     settings,
     sms,
 )
+from tests.test_ops import sample, scrape
 
 SID = "SM" + "5" * 32
 
@@ -208,3 +209,51 @@ def test_an_api_acting_itself_acts_on_a_senders_sms_in_the_order_kept(api, http,
     assert all(r.processed_at is not None for r in rows(factory, InboundMessage))
     (client,) = rows(factory, Client, Client.id == ci.client_id)
     assert client.opted_out_at is None  # stopped, then started again
+
+
+def test_an_sms_that_cannot_be_acted_on_is_put_off_and_holds_up_no_other(api, http, factory, clock, monkeypatch):
+    """A fault of ours that fails the acting on some SMS, every time: each is kept (never dropped),
+    counted and tried again after a backoff, while the SMS behind it are acted on; once the fault is
+    gone, the next due try acts on it."""
+    ci = sent_check_in(api, http, factory, clock)
+    http.app.state.settings = http.app.state.settings.model_copy(update={"act_on_sms_in_api": False})
+    messaging = http.app.state.messaging
+    for n, phone in enumerate(["+819011110000", "+819022220000"]):
+        assert post_signed(http, SMS, sms(ci, "HELP", f"SM{n:032d}") | {"From": phone}).status_code == 200
+        clock.set(clock.now() + timedelta(seconds=1))
+    assert post_signed(http, SMS, sms(ci, "2", SID)).status_code == 200  # the client's answer, received last
+    failing = {r.id for r in rows(factory, InboundMessage) if r.provider_id != SID}
+    real = answers.process_sms
+
+    def faulty(session, *, inbound_id, **kw):
+        if inbound_id in failing:
+            raise RuntimeError("a fault of ours")
+        return real(session, inbound_id=inbound_id, **kw)
+
+    monkeypatch.setattr(answers, "process_sms", faulty)
+    clock.set(clock.now() + answers.WAITING_GRACE)
+
+    def run() -> int:  # the job, two SMS at a time: the two failing ones are the oldest
+        return answers.process_waiting_sms(factory, messaging, clock, limit=2)
+
+    assert run() == 0
+    assert run() == 1  # the two put off, the answer behind them acted on
+    assert len(outcomes_of(factory, ci)) == 1
+    put_off = [r for r in rows(factory, InboundMessage) if r.id in failing]
+    assert [(r.processed_at, r.attempts, r.next_attempt_at) for r in put_off] == [
+        (None, 1, clock.now() + answers.RETRY_BACKOFF[0])
+    ] * 2
+    metrics = scrape(http)
+    assert sample(metrics, "teichaku_inbound_sms_waiting", state="put_off") == 2  # for the operators to look into
+    assert sample(metrics, "teichaku_inbound_sms_waiting", state="new") == 0
+    clock.set(clock.now() + answers.RETRY_BACKOFF[0] - timedelta(seconds=1))
+    assert run() == 0  # not due yet
+    clock.set(clock.now() + timedelta(seconds=1))
+    assert run() == 0
+    assert {r.attempts for r in rows(factory, InboundMessage) if r.id in failing} == {2}
+
+    monkeypatch.setattr(answers, "process_sms", real)  # the fault fixed
+    clock.set(clock.now() + answers.RETRY_BACKOFF[1])
+    assert run() == 2
+    assert all(r.processed_at is not None for r in rows(factory, InboundMessage))
+    assert sample(scrape(http), "teichaku_inbound_sms_waiting", state="put_off") == 0

@@ -133,3 +133,7 @@ class InboundMessage(SQLModel, table=True):
     # When it was acted on (an answer's outcome, a STOP, ...). An SMS webhook is answered once its
     # row is kept, and acted on right after; one still NULL a while later is the recovery job's.
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Acting on it failed this many times (a fault of ours, not the message); not tried again
+    # before ``next_attempt_at`` (migration 0013), so one that keeps failing holds up no other.
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
