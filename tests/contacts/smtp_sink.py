@@ -7,7 +7,9 @@ once or always. It records the QUITs it is sent and the time of every MAIL FROM,
 every open session (as a server does at its idle timeout), at the next MAIL FROM, or in the middle
 of a chosen recipient's DATA. It offers PIPELINING (RFC 2920) in its EHLO answer, as Postfix does,
 unless made with ``pipelining=False``, and records every read it takes from a client (``reads``):
-commands that arrive together, pipelined, come in one read.
+commands that arrive together, pipelined, come in one read. It can be slow to answer RCPT TO
+(``rcpt_delay``), and can cut every answer in two writes a moment apart (``split_answers``), so
+that no answer arrives whole in one read.
 
 ``smtp_sink(tls=True)`` makes it a server as in production: STARTTLS required, with a certificate
 for 127.0.0.1 from a throwaway CA made at test time (``trustme``), and sign-in (AUTH) required;
@@ -115,6 +117,8 @@ class SinkHandler:
     logins: list[tuple] = field(default_factory=list)  # peers that signed in
     ehlo_delay: float = 0.0  # seconds before answering EHLO (a server slow to open a session)
     pipelining: bool = True  # offered in the EHLO answer (aiosmtpd reads pipelined commands either way)
+    rcpt_delay: float = 0.0  # seconds before answering each RCPT TO
+    split_answers: bool = False  # every answer written in two parts, the code cut, a moment apart
     reads: list[tuple[tuple, bytes]] = field(default_factory=list)  # (peer, bytes) of every read, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
     loop: asyncio.AbstractEventLoop | None = None  # the server's (set by smtp_sink)
@@ -173,6 +177,8 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         with self.lock:
             planned = self.rcpt_codes.get(address)
             response = (planned.pop(0) if planned else None) if isinstance(planned, list) else planned
@@ -246,6 +252,14 @@ class _RecordingSMTP(SMTP):
         with handler.lock:
             handler.reads.append((self.session.peer if self.session else None, bytes(data)))
         super().data_received(data)
+
+    async def push(self, status) -> None:  # type: ignore[no-untyped-def]
+        if self.event_handler.split_answers and len(status) > 2:
+            head, status = status[:2], status[2:]  # "25", then "0 OK\r\n"
+            self._writer.write(head.encode("ascii") if isinstance(head, str) else head)
+            await self._writer.drain()
+            await asyncio.sleep(0.005)
+        await super().push(status)
 
 
 class _Controller(Controller):

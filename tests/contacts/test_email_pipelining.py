@@ -4,12 +4,17 @@ Where the server offers PIPELINING, MAIL FROM, RCPT TO and DATA go out in one wr
 after DATA's 354: the server takes two reads a message instead of four (one per round trip). What
 each message comes to (sent; refused for good; refused for now; never tried) is the same either
 way, which the tests here check side by side, with the sink offering PIPELINING and without it.
+
+Every test runs on asyncio's own event loop and on uvloop, which uvicorn runs the service on: uvloop
+takes a protocol's ``data_received`` once, when the connection is made, and pipelining once heard no
+answer there at all (each message waited out the timeout; a dispatch tick seemed to hang).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -21,12 +26,27 @@ BODY = "お仕事の様子はいかがですか？\n.\n行頭の点も、その�
 PATHS = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
 
 
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request):
+    """The adapter's event loop (``asyncio.run``), and the sink's: asyncio's own, or uvloop."""
+    if request.param == "asyncio":
+        yield request.param
+        return
+    uvloop = pytest.importorskip("uvloop")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield request.param
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
 def adapter(port: int, *, tls: bool = False, **kw) -> SmtpAdapter:
     secure = {}
     if tls:
         s = secure_settings()
         secure = {"starttls": True, "ca_file": s["smtp_ca_file"], "username": SINK_LOGIN[0], "password": SINK_LOGIN[1]}
     kw.setdefault("pipelining", True)  # off by default in the service (see SmtpAdapter); on here unless said
+    kw.setdefault("timeout", 5.0)  # a test that goes wrong waits this long for an answer, not 15 s
     a = SmtpAdapter(host="127.0.0.1", port=port, sender="office@example.jp", pool_size=1, **secure, **kw)
     a.limiter = RateLimiter(1e6)  # not paced: these tests are about what is said, not when
     return a
@@ -78,6 +98,46 @@ def test_mail_rcpt_and_data_go_in_one_write_where_the_server_offers_pipelining(o
     assert [r.outbox_id for r in sink.received] == [1, 2, 3]
     assert all(r.message.get_content().replace("\r\n", "\n") == BODY for r in sink.received)
     assert {r.message["Message-ID"] for r in sink.received} == {r.provider_id for r in results}
+
+
+@PATHS
+def test_answers_cut_across_reads_are_each_paired_with_their_command(pipelining):
+    # Every answer arrives in two reads ("25", then "0 OK"), a moment apart: each is put together and
+    # taken for its own command, the refusal for the refused address, the 250s for the others.
+    codes = {"gone@example.jp": "550 5.1.1 No such user"}
+    with smtp_sink(rcpt_codes=codes, split_answers=True) as (sink, port):
+        a = adapter(port, pipelining=pipelining)
+        [first, second] = send(a, emails("c0@example.jp", "gone@example.jp"), emails("c2@example.jp", "c3@example.jp"))
+        assert shape(first + second) == [("Sent", None), ("PermanentError", "550"), ("Sent", None), ("Sent", None)]
+        assert a.connections == 1 and sink.connections == 1
+        assert [r.rcpt_tos for r in sink.received] == [["c0@example.jp"], ["c2@example.jp"], ["c3@example.jp"]]
+        groups = [r for r in sink.reads_from(sink.sessions[0]) if r.startswith(b"MAIL FROM:")]
+        assert len(groups) == 4 and all(g.endswith(b"DATA\r\n") == pipelining for g in groups)
+
+
+@PATHS
+def test_a_server_gone_quiet_mid_exchange_holds_the_batch_no_longer_than_the_timeout(pipelining):
+    # The server takes MAIL FROM, then says nothing for longer than the adapter waits: the message was
+    # never handed over (tried again at the next dispatch), the rest of the batch is untried, and the
+    # batch is over in about the timeout. The next batch goes out on a new session.
+    with smtp_sink(rcpt_delay=3.0) as (sink, port):
+        a = adapter(port, pipelining=pipelining, timeout=0.5)
+
+        async def run() -> tuple[list, float, list]:
+            started = time.monotonic()
+            first = await a.send_batch(emails("c0@example.jp", "c1@example.jp"))
+            took = time.monotonic() - started
+            sink.rcpt_delay = 0.0
+            second = await a.send_batch(emails("c0@example.jp", "c1@example.jp"))
+            await a.aclose()
+            return first, took, second
+
+        first, took, second = asyncio.run(run())
+        assert shape(first) == [("TransientError", "disconnected"), ("NotTried", "disconnected")]
+        assert took < 2.0  # 0.5 s, and time to close the session (not the server's 3 s)
+        assert shape(second) == [("Sent", None)] * 2
+        assert a.connections == 2
+        assert [r.rcpt_tos for r in sink.received] == [["c0@example.jp"], ["c1@example.jp"]]
 
 
 @PATHS

@@ -124,10 +124,11 @@ class _PipeliningProtocol(SMTPProtocol):
                 self._arrival = None
                 del self._buffer[:]
 
-    async def answer(self, timeout: float | None) -> SMTPResponse:
-        """The next answer of a pipelined exchange; ``timeout`` seconds at most."""
+    async def answer(self, timeout: float) -> SMTPResponse:
+        """The next answer of a pipelined exchange; ``timeout`` seconds at most, however the server
+        dribbles it out (SMTPReadTimeoutError then)."""
         assert self._piped
-        deadline = None if timeout is None else self._loop.time() + timeout
+        deadline = self._loop.time() + timeout
         while True:
             response = self._read_response_from_buffer()
             if response is not None:
@@ -137,9 +138,8 @@ class _PipeliningProtocol(SMTPProtocol):
             if self._eof or self.transport is None or self.transport.is_closing():
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
             self._arrival = self._loop.create_future()
-            left = None if deadline is None else max(0.0, deadline - self._loop.time())
             try:
-                await asyncio.wait_for(self._arrival, left)
+                await asyncio.wait_for(self._arrival, max(0.0, deadline - self._loop.time()))
             except TimeoutError as exc:
                 raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
 
@@ -175,6 +175,13 @@ class _SMTP(aiosmtplib.SMTP):
         # The same protocol object (its transport, its TLS), with the pipelined exchange added.
         if type(self.protocol) is SMTPProtocol:
             self.protocol.__class__ = _PipeliningProtocol
+            # Some event loops take the protocol's ``data_received`` once, when the connection is made,
+            # and call that from then on: uvloop does (uvicorn runs the service on it), and would go on
+            # handing every answer to aiosmtplib's own, which drops what arrives while no command of its
+            # awaits one; a pipelined exchange then heard nothing until its timeout, every time. Handing
+            # the transport its protocol again makes every loop take the methods anew.
+            assert self.transport is not None
+            self.transport.set_protocol(self.protocol)
         return response
 
     async def data(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -232,6 +239,9 @@ class _SMTP(aiosmtplib.SMTP):
         protocol = self.protocol
         if not isinstance(protocol, _PipeliningProtocol):
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        timeout = self.timeout
+        if timeout is None:  # never so from the adapter: every read has an end
+            raise ValueError("a pipelined exchange needs a timeout")
         answers: list[SMTPResponse] = []
         try:
             async with protocol.pipelined():
@@ -239,7 +249,7 @@ class _SMTP(aiosmtplib.SMTP):
                 broken: Exception | None = None
                 try:
                     while len(answers) < len(recipients) + 2:  # MAIL FROM's, each RCPT TO's, DATA's
-                        answers.append(await protocol.answer(self.timeout))
+                        answers.append(await protocol.answer(timeout))
                 except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
                     broken = exc
                 refusal, refused = _refusal(sender, recipients, answers)
@@ -252,12 +262,12 @@ class _SMTP(aiosmtplib.SMTP):
                 if refusal is None:
                     self.data_started = True
                     protocol.write(content)
-                    answers.append(done := await protocol.answer(self.timeout))
+                    answers.append(done := await protocol.answer(timeout))
                     if done.code != 250:
                         refusal = aiosmtplib.SMTPDataError(done.code, done.message)
                 elif data.code == 354:  # DATA taken although nothing can be delivered: end it, empty
                     protocol.write(b".\r\n")
-                    answers.append(await protocol.answer(self.timeout))
+                    answers.append(await protocol.answer(timeout))
         except BaseException:
             self.close()  # the line is gone, or out of step with the answers: of no further use
             raise
