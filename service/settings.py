@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # PEM file of the CAs that sign the server's certificate (a private CA); unset: the system's.
     # The certificate is always verified.
     smtp_ca_file: str | None = None
+    # MAIL FROM, RCPT TO and DATA in one write where the server offers PIPELINING (RFC 2920): two round
+    # trips an e-mail instead of four. False: one command at a time, whatever the server offers.
+    smtp_pipelining: bool = True
     # When set, GET /metrics wants "Authorization: Bearer <this>" (Prometheus: authorization.credentials);
     # unset, it answers anyone who reaches it (keep it on the internal network then).
     metrics_token: str | None = Field(default=None, min_length=16)

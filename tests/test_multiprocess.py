@@ -227,6 +227,9 @@ def test_two_apis_and_two_schedulers_send_everything_exactly_once(fleet, db_url)
     received = Counter(sink.outbox_ids())
     assert [i for i, n in received.items() if n > 1] == []  # no message twice
     assert set(received) == set(by_outbox) | set(digests)  # and nothing unexpected
+    # Pipelined, as in production (the service's default; the schedulers run on uvicorn's uvloop):
+    # MAIL FROM, RCPT TO and DATA in one read.
+    assert any(data.startswith(b"MAIL FROM:") and data.endswith(b"DATA\r\n") for _, data in sink.reads)
     recipients = Counter(r.rcpt_tos[0] for r in sink.received)
     assert all(recipients[f"client{n}@example.jp"] == 1 for n in range(PLACEMENTS))
     assert recipients["worker@a.example.jp"] == 1 and recipients["worker2@a.example.jp"] == 1

