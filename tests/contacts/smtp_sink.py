@@ -107,6 +107,8 @@ class SinkHandler:
     # Addresses whose DATA is taken in and then the line is cut, before any answer: the message
     # arrived, but the sender cannot know it.
     hang_up_in_data: set[str] = field(default_factory=set)
+    # Addresses whose DATA is taken in and then answered with a line that is no SMTP answer.
+    garble_data_answer: set[str] = field(default_factory=set)
     data_delay: float = 0.0  # seconds before answering DATA (a slow server); arrival is stamped first
     transactions: list[float] = field(default_factory=list)  # time.monotonic() of every MAIL FROM
     # Set: the next MAIL FROM, on whichever session, is answered with this ("421 ...") and the line
@@ -199,6 +201,9 @@ class SinkHandler:
                 )
             )
             cut = bool(self.hang_up_in_data & set(envelope.rcpt_tos))
+            garbled = bool(self.garble_data_answer & set(envelope.rcpt_tos))
+        if garbled:
+            return "OK, got it"
         if cut:
             server.transport.close()
             await asyncio.sleep(0)

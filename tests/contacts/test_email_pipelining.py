@@ -249,6 +249,19 @@ def test_a_message_cut_off_in_its_content_is_maybe_sent_and_the_rest_untried(pip
         assert sink.outbox_ids() == [1, 2]  # c1 did arrive: "maybe sent" is right not to send it again
 
 
+@PATHS
+def test_a_message_whose_content_gets_an_unreadable_answer_is_maybe_sent_and_never_sent_again(pipelining):
+    # The content went over and the answer to it is no SMTP answer: it may have been taken, so it is
+    # "maybe sent" (never sent again), and the session, out of step with its answers, is not used again.
+    with smtp_sink(pipelining=pipelining, garble_data_answer={"c1@example.jp"}) as (sink, port):
+        a = adapter(port)
+        [first, second] = send(a, emails("c0@example.jp", "c1@example.jp", "c2@example.jp"), emails("c3@example.jp"))
+        assert shape(first) == [("Sent", None), ("MaybeSent", "unreadable"), ("NotTried", "disconnected")]
+        assert shape(second) == [("Sent", None)]
+        assert a.connections == 2
+        assert sink.outbox_ids() == [1, 2, 1]  # c1 arrived once; the second batch's first is c3
+
+
 def test_a_server_that_takes_data_after_refusing_every_recipient_gets_an_empty_end_and_nothing_is_sent():
     # RFC 2920 asks a server to refuse DATA when no recipient was taken (aiosmtpd says 503). One that
     # says 354 all the same is sent the end of an empty message, never the content.

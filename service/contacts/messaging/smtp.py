@@ -475,6 +475,11 @@ class SmtpAdapter:
             code = min((r.code for r in exc.recipients), default=550)
             return _by_code(code, "the address was refused by the mail server"), code != 421
         except aiosmtplib.SMTPResponseException as exc:
+            if exc.code < 0:  # no SMTP answer (aiosmtplib's -1): the line is out of step, of no more use
+                session.smtp.close()
+                if session.smtp.data_started:  # the content went over: it may have been taken
+                    return MaybeSent("unreadable", "the mail server's answer to the message was unreadable"), False
+                return TransientError("unreadable", "the mail server's answer was unreadable"), False
             return _by_code(exc.code, "the mail server refused the message"), exc.code != 421
         except _BROKEN:
             if session.smtp.data_started:  # cut off mid-message: it may have been accepted
