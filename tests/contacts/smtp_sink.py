@@ -107,6 +107,8 @@ class SinkHandler:
     # Addresses whose DATA is taken in and then the line is cut, before any answer: the message
     # arrived, but the sender cannot know it.
     hang_up_in_data: set[str] = field(default_factory=set)
+    # address -> the answer to its content ("554 ...", "421 ..." and hang up), the message not kept.
+    data_answers: dict[str, str] = field(default_factory=dict)
     # Addresses whose DATA is taken in and then answered with a line that is no SMTP answer.
     garble_data_answer: set[str] = field(default_factory=set)
     data_delay: float = 0.0  # seconds before answering DATA (a slow server); arrival is stamped first
@@ -194,6 +196,13 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        refusal = next((self.data_answers[a] for a in envelope.rcpt_tos if a in self.data_answers), None)
+        if refusal:
+            with self.lock:
+                self.refused.append((envelope.rcpt_tos[0], refusal))
+            if refusal.startswith("421"):  # say so, then hang up
+                asyncio.get_running_loop().call_soon(server.transport.close)
+            return refusal
         with self.lock:
             self.received.append(
                 Received(

@@ -1,7 +1,8 @@
 """SMTP PIPELINING (RFC 2920) in the SmtpAdapter, against the aiosmtpd sink.
 
 Where the server offers PIPELINING, MAIL FROM, RCPT TO and DATA go out in one write and the content
-after DATA's 354: the server takes two reads a message instead of four (one per round trip). What
+after DATA's 354: the server takes two reads a message instead of four (one per round trip), and one
+when the next message's turn has come as a content goes out (its commands follow the content). What
 each message comes to (sent; refused for good; refused for now; never tried) is the same either
 way, which the tests here check side by side, with the sink offering PIPELINING and without it.
 
@@ -73,27 +74,47 @@ def shape(results: list) -> list[tuple[str, str | None]]:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
-@pytest.mark.parametrize(("offered", "reads_per_message"), [(True, 2), (False, 4)], ids=["offered", "not-offered"])
-def test_mail_rcpt_and_data_go_in_one_write_where_the_server_offers_pipelining(offered, reads_per_message, tls):
+@pytest.mark.parametrize(
+    ("offered", "rate", "reads_per_message"),
+    [(True, None, 2), (True, 5.0, 2), (False, None, 4)],
+    ids=["offered", "offered-paced", "not-offered"],
+)
+def test_mail_rcpt_and_data_go_in_one_write_where_the_server_offers_pipelining(offered, rate, reads_per_message, tls):
+    # Offered, with the next message's turn come by the time a content goes out (the rate not in the
+    # way), the next one's commands follow the content in the same write: one read a message, and
+    # one more for the last content. Paced (5 a second), each message waits for its turn: two reads.
     with smtp_sink(tls=tls, pipelining=offered) as (sink, port):
         a = adapter(port, tls=tls)
+        if rate:
+            a.limiter = RateLimiter(rate)
         [results] = send(a, emails("c0@example.jp", "c1@example.jp", "c2@example.jp"))
         assert shape(results) == [("Sent", None)] * 3
         assert a.connections == 1 and sink.connections == 1
 
         reads = sink.reads_from(sink.sessions[0])
         assert reads[-1] == b"QUIT\r\n"
+        commands = [b"MAIL", b"RCPT", b"DATA"]
+        if offered and not rate:  # chained: the envelope, then each content with the next envelope
+            took = reads[:-1]
+            assert len(took) == 3 + 1
+            assert [line.split(b" ")[0] for line in took[0].splitlines()] == commands
+            for i in (1, 2):
+                content, envelope = took[i].split(b"\r\n.\r\n")
+                assert [line.split(b" ")[0] for line in envelope.splitlines()] == commands
+                assert envelope.endswith(b"DATA\r\n") and f"TO:<c{i}@example.jp>".encode() in envelope
+                assert f"To: c{i - 1}@example.jp".encode() in content
+            assert took[-1].endswith(b"\r\n.\r\n") and b"To: c2@example.jp" in took[-1]
         per_message = reads[:-1]
-        assert len(per_message) == 3 * reads_per_message  # one read per round trip
-        for i in range(3):
+        for i in range(3) if rate or not offered else ():
             took = per_message[i * reads_per_message : (i + 1) * reads_per_message]
-            commands = [b"MAIL", b"RCPT", b"DATA"]
             if offered:  # the envelope and DATA in one read, then the content
                 assert [line.split(b" ")[0] for line in took[0].splitlines()] == commands
                 assert took[0].endswith(b"DATA\r\n") and f"TO:<c{i}@example.jp>".encode() in took[0]
             else:
                 assert [r.split(b" ")[0].rstrip(b"\r\n") for r in took[:3]] == commands
             assert took[-1].endswith(b"\r\n.\r\n")
+        if rate or not offered:
+            assert len(per_message) == 3 * reads_per_message  # one read per round trip
     # Arrived whole, in order, the leading dot unescaped and the Japanese text intact.
     assert [r.rcpt_tos for r in sink.received] == [[f"c{i}@example.jp"] for i in range(3)]
     assert [r.outbox_id for r in sink.received] == [1, 2, 3]
@@ -112,8 +133,9 @@ def test_answers_cut_across_reads_are_each_paired_with_their_command(pipelining)
         assert shape(first + second) == [("Sent", None), ("PermanentError", "550"), ("Sent", None), ("Sent", None)]
         assert a.connections == 1 and sink.connections == 1
         assert [r.rcpt_tos for r in sink.received] == [["c0@example.jp"], ["c2@example.jp"], ["c3@example.jp"]]
-        groups = [r for r in sink.reads_from(sink.sessions[0]) if r.startswith(b"MAIL FROM:")]
-        assert len(groups) == 4 and all(g.endswith(b"DATA\r\n") == pipelining for g in groups)
+        reads = sink.reads_from(sink.sessions[0])
+        assert sum(r.count(b"MAIL FROM:") for r in reads) == 4
+        assert all(r.endswith(b"DATA\r\n") == pipelining for r in reads if b"MAIL FROM:" in r)
 
 
 @PATHS
@@ -247,6 +269,40 @@ def test_a_message_cut_off_in_its_content_is_maybe_sent_and_the_rest_untried(pip
         assert shape(results) == [("Sent", None), ("MaybeSent", "disconnected"), ("NotTried", "disconnected")]
         assert isinstance(results[1], MaybeSent)
         assert sink.outbox_ids() == [1, 2]  # c1 did arrive: "maybe sent" is right not to send it again
+        if pipelining:  # c2's commands went with c1's content; its own content never did
+            reads = sink.reads_from(sink.sessions[0])
+            assert any(b"To: c1@example.jp" in r and b"TO:<c2@example.jp>" in r for r in reads)
+
+
+@PATHS
+def test_a_refused_content_is_that_messages_own_and_the_message_sent_with_it_goes_on(pipelining):
+    # c1's content is refused (554); c2's commands went out with that content: the refusal is c1's,
+    # c2 and c3 are sent, on the same session, and nothing is sent twice.
+    with smtp_sink(pipelining=pipelining, data_answers={"c1@example.jp": "554 5.6.0 Message refused"}) as (sink, port):
+        a = adapter(port)
+        [results] = send(a, emails("c0@example.jp", "c1@example.jp", "c2@example.jp", "c3@example.jp"))
+        assert shape(results) == [("Sent", None), ("PermanentError", "554"), ("Sent", None), ("Sent", None)]
+        assert a.connections == 1 and sink.connections == 1
+        assert sink.outbox_ids() == [1, 3, 4]
+        assert sink.refused == [("c1@example.jp", "554 5.6.0 Message refused")]
+        if pipelining:
+            reads = sink.reads_from(sink.sessions[0])
+            assert any(b"To: c1@example.jp" in r and r.endswith(b"TO:<c2@example.jp>\r\nDATA\r\n") for r in reads)
+
+
+@PATHS
+def test_a_421_to_a_content_leaves_the_message_sent_with_it_untried(pipelining):
+    # c1's content is answered 421 and the line closed; c2's commands had gone with that content, its
+    # own content never did: c1 is refused for now, c2 and c3 were never handed over.
+    with smtp_sink(pipelining=pipelining, data_answers={"c1@example.jp": "421 4.3.2 Shutting down"}) as (sink, port):
+        a = adapter(port)
+        [results] = send(a, emails("c0@example.jp", "c1@example.jp", "c2@example.jp", "c3@example.jp"))
+        assert shape(results) == [("Sent", None), ("TransientError", "421"), ("NotTried", "421"), ("NotTried", "421")]
+        assert sink.outbox_ids() == [1]
+        assert a.idle_sessions == 0
+        if pipelining:
+            reads = sink.reads_from(sink.sessions[0])
+            assert any(b"To: c1@example.jp" in r and b"TO:<c2@example.jp>" in r for r in reads)
 
 
 @PATHS
@@ -260,6 +316,9 @@ def test_a_message_whose_content_gets_an_unreadable_answer_is_maybe_sent_and_nev
         assert shape(second) == [("Sent", None)]
         assert a.connections == 2
         assert sink.outbox_ids() == [1, 2, 1]  # c1 arrived once; the second batch's first is c3
+        if pipelining:  # c2's commands went with c1's content; its own content never did
+            reads = sink.reads_from(sink.sessions[0])
+            assert any(b"To: c1@example.jp" in r and b"TO:<c2@example.jp>" in r for r in reads)
 
 
 def test_a_server_that_takes_data_after_refusing_every_recipient_gets_an_empty_end_and_nothing_is_sent():

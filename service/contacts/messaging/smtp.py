@@ -9,8 +9,12 @@ rate, which is never exceeded however many sessions there are. Every message get
 
 Where the server offers PIPELINING (RFC 2920; Postfix and most relays do), MAIL FROM, RCPT TO and DATA
 go out in one write and their answers are read after: two round trips a message (envelope, then the
-content) instead of four. A server that does not offer it is spoken to one command at a time, and so is
-every server with ``TEICHAKU_SMTP_PIPELINING=false``."""
+content) instead of four. When the next message's turn has come by the time a message's content goes
+out (the send rate allows it), the next one's MAIL FROM, RCPT TO and DATA follow the content in the
+same write (RFC 2920 allows the content first in a group): one round trip a message. Its answers come
+after the content's, so each answer is still paired with its own message; if the line breaks before
+the content's answer, the next message was never handed over. A server that does not offer it is
+spoken to one command at a time, and so is every server with ``TEICHAKU_SMTP_PIPELINING=false``."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
@@ -73,6 +79,14 @@ class RateLimiter:
         if slot > now:
             await asyncio.sleep(slot - now)
 
+    def now_or_never(self) -> bool:
+        """Books a slot if one is free right now (no waiting); False, and nothing booked, if not."""
+        now = time.monotonic()
+        if self._next > now:
+            return False
+        self._next = now + self.interval
+        return True
+
     def started_late(self) -> None:
         """The event granted by the last ``wait`` happens only now: the next one is spaced from now."""
         self._next = max(self._next, time.monotonic() + self.interval)
@@ -109,6 +123,9 @@ class _PipeliningProtocol(SMTPProtocol):
     _piped = False
     _eof = False
     _arrival: asyncio.Future[None] | None = None
+    # Set inside ``pipelined()``: answers are still to come when it ends (the next message's, whose
+    # commands went out with this one's content); what arrives is kept for the next ``pipelined()``.
+    carry_over = False
 
     @contextlib.asynccontextmanager
     async def pipelined(self):  # type: ignore[no-untyped-def]
@@ -116,14 +133,16 @@ class _PipeliningProtocol(SMTPProtocol):
         if lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
         async with lock:  # no other command in between
-            del self._buffer[:]  # anything there came unasked (aiosmtplib drops that too)
-            self._piped = True
+            if not self.carry_over:
+                del self._buffer[:]  # anything there came unasked (aiosmtplib drops that too)
+            self._piped, self.carry_over = True, False
             try:
                 yield self
             finally:
-                self._piped = False
-                self._arrival = None
-                del self._buffer[:]
+                if not self.carry_over:
+                    self._piped = False
+                    self._arrival = None
+                    del self._buffer[:]
 
     async def answer(self, timeout: float) -> SMTPResponse:
         """The next answer of a pipelined exchange; ``timeout`` seconds at most, however the server
@@ -170,6 +189,11 @@ class _SMTP(aiosmtplib.SMTP):
     Sends a message pipelined where the server offers it (``send``)."""
 
     data_started = False
+    ahead: EmailMessage | None = None  # whose MAIL FROM, RCPT TO and DATA went out, answers unread
+
+    def close(self) -> None:
+        self.ahead = None
+        super().close()
 
     async def connect(self, *args, **kwargs) -> SMTPResponse:  # type: ignore[no-untyped-def]
         response = await super().connect(*args, **kwargs)
@@ -189,11 +213,16 @@ class _SMTP(aiosmtplib.SMTP):
         self.data_started = True  # aiosmtplib's DATA sends the content as soon as the 354 comes: set before
         return await super().data(*args, **kwargs)
 
-    async def send(self, msg: EmailMessage, *, pipelining: bool = True) -> None:
-        """``send_message``, pipelined where the server offers it; the same errors either way."""
+    async def send(
+        self, msg: EmailMessage, *, pipelining: bool = True, then: Callable[[], EmailMessage | None] | None = None
+    ) -> None:
+        """``send_message``, pipelined where the server offers it; the same errors either way.
+        Pipelined, ``then`` is asked for the next message as the content goes out (see ``_send_pipelined``)."""
         await self._ehlo_or_helo_if_needed()
         if pipelining and self.supports_extension("pipelining") and isinstance(self.protocol, _PipeliningProtocol):
-            await self._send_pipelined(msg)
+            await self._send_pipelined(msg, then)
+        elif self.ahead is not None:  # never so: what went ahead was pipelined
+            raise aiosmtplib.SMTPServerDisconnected("out of step with the server")
         else:
             await self.send_message(msg)
 
@@ -230,23 +259,37 @@ class _SMTP(aiosmtplib.SMTP):
         commands += b"".join(line(b"RCPT", b"TO:" + quote_address(r).encode(encoding)) for r in recipients)
         return sender, recipients, commands, PERIOD_REGEX.sub(b"..", content) + b".\r\n"
 
-    async def _send_pipelined(self, msg: EmailMessage) -> dict[str, SMTPResponse]:
+    async def _send_pipelined(
+        self, msg: EmailMessage, then: Callable[[], EmailMessage | None] | None = None
+    ) -> dict[str, SMTPResponse]:
         """MAIL FROM, RCPT TO and DATA in one write, then their answers; the content only after
         DATA's 354, so a session that breaks before that has handed nothing over. Raises what
         ``sendmail`` raises (SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataError; the line's
         errors) and resets the envelope (RSET) after a refusal as it does; returns the recipients
-        refused when others were taken, as it does."""
-        sender, recipients, envelope, content = self._envelope(msg)
+        refused when others were taken, as it does.
+
+        As the content goes out, ``then()`` may give the next message: its MAIL FROM, RCPT TO and DATA
+        follow the content in the same write (``ahead``), and the next call, for that message, reads
+        their answers instead of writing them. Nothing of the next message's content goes out before
+        its own 354, and the content's answer is read before the next message's: a line that breaks
+        before then has handed the next message nothing."""
         protocol = self.protocol
         if not isinstance(protocol, _PipeliningProtocol):
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        sender, recipients, envelope, content = self._envelope(msg)
+        written = self.ahead is msg  # its commands went out with the last message's content
+        if self.ahead is not None and not written:  # never so: the caller sends what went ahead next
+            self.close()
+            raise aiosmtplib.SMTPServerDisconnected("out of step with the server")
+        self.ahead = None
         timeout = self.timeout
         if timeout is None:  # never so from the adapter: every read has an end
             raise ValueError("a pipelined exchange needs a timeout")
         answers: list[SMTPResponse] = []
         try:
             async with protocol.pipelined():
-                protocol.write(envelope + b"DATA\r\n")
+                if not written:
+                    protocol.write(envelope + b"DATA\r\n")
                 broken: Exception | None = None
                 try:
                     while len(answers) < len(recipients) + 2:  # MAIL FROM's, each RCPT TO's, DATA's
@@ -262,10 +305,12 @@ class _SMTP(aiosmtplib.SMTP):
                     refusal = aiosmtplib.SMTPDataError(data.code, data.message)
                 if refusal is None:
                     self.data_started = True
-                    protocol.write(content)
+                    protocol.write(content + self._ahead_of(then))
                     answers.append(done := await protocol.answer(timeout))
                     if done.code != 250:
                         refusal = aiosmtplib.SMTPDataError(done.code, done.message)
+                    # The next message's answers are still to come: kept for its own exchange.
+                    protocol.carry_over = self.ahead is not None and done.code != 421
                 elif data.code == 354:  # DATA taken although nothing can be delivered: end it, empty
                     protocol.write(b".\r\n")
                     answers.append(await protocol.answer(timeout))
@@ -275,10 +320,23 @@ class _SMTP(aiosmtplib.SMTP):
         if any(a.code == 421 for a in answers):  # "closing the channel": as execute_command does
             self.close()
         if refusal is not None:
-            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
-                await self.rset()
+            if self.ahead is None:  # else the content's answer ended the transaction, the next one begun
+                with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+                    await self.rset()
             raise refusal
         return refused
+
+    def _ahead_of(self, then: Callable[[], EmailMessage | None] | None) -> bytes:
+        """The next message's MAIL FROM, RCPT TO and DATA, when ``then`` gives one (``ahead``); else b""."""
+        nxt = then() if then is not None else None
+        if nxt is None:
+            return b""
+        try:
+            envelope = self._envelope(nxt)[2]
+        except (ValueError, aiosmtplib.SMTPException):  # it fails on its own turn, as it would unchained
+            return b""
+        self.ahead = nxt
+        return envelope + b"DATA\r\n"
 
 
 def _refusal(
@@ -306,6 +364,7 @@ class _Session:
 class _Batch:
     """One ``send_batch``: the sessions it holds, and whether it must stop handing messages over."""
 
+    pending: deque[tuple[int, Email]]  # not handed to a session yet, with their places in the batch
     ready: list[_Session] = field(default_factory=list)  # checked or used in this batch, not busy
     busy: int = 0
     opening: bool = False  # another session is being opened beside the ones in use
@@ -391,9 +450,9 @@ class SmtpAdapter:
             return []
         loop = self._own_loop()
         results: list[Sent | SendError | None] = [None] * len(emails)
-        b = _Batch()
+        b = _Batch(deque(enumerate(emails)))
         try:
-            for i, e in enumerate(emails):
+            while b.pending:
                 if not b.ready and not b.busy:  # nothing in hand (the first message): a session first
                     session = await self._acquire(b)
                     if session is None:
@@ -407,9 +466,10 @@ class SmtpAdapter:
                         if session is None:
                             break
                         self.limiter.started_late()
-                if b.halt is not None:
+                if b.halt is not None or not b.pending:  # halted; or the rest went with the content before
                     b.ready.append(session)
                     break
+                i, e = b.pending.popleft()
                 b.busy += 1
                 b.tasks.append(asyncio.create_task(self._send_one(b, session, e, results, i)))
         finally:
@@ -427,9 +487,24 @@ class SmtpAdapter:
     ) -> None:
         session: _Session | None = first
         good = False
+        chained: list[tuple[int, EmailMessage]] = []  # whose commands went out with a content (at most one)
+
+        def then() -> EmailMessage | None:
+            """The next message, when its turn has come already: its commands go with this one's content."""
+            if b.halt is not None or not b.pending or not self.limiter.now_or_never():
+                return None
+            j, nxt = b.pending[0]
+            try:
+                m = self._message(nxt)
+            except Exception:  # it fails on its own turn (the main loop's), attributed to it
+                return None
+            b.pending.popleft()
+            chained.append((j, m))
+            return m
+
         try:
             msg = self._message(e)
-            result, good = await self._attempt(first, msg)
+            result, good = await self._attempt(first, msg, then)
             if not good and not first.proven and not first.smtp.data_started:
                 # Kept from an earlier batch, and the server had given up on it (closed it, or 421 at
                 # its idle timeout) before anything was handed over: once more, on a new session.
@@ -441,16 +516,16 @@ class SmtpAdapter:
                     result = _connect_error(exc)
                 else:
                     await self.limiter.wait()
-                    result, good = await self._attempt(session, msg)
+                    result, good = await self._attempt(session, msg, then)
             results[i] = result
-            if good and session is not None:
-                session.proven = True
-            elif result.code == "421":  # "closing the channel" (RFC 5321): back off, nothing more now
-                b.halt = b.halt or TransientError("421", "the mail server closed the connection")
-            elif result.code == "connect" or isinstance(result, PermanentError | NotTried):  # could not reopen
-                b.halt = b.halt or result
-            else:  # the connection broke: what was not handed over yet waits for the next dispatch
-                b.halt = b.halt or TransientError("disconnected", "the mail server connection broke")
+            self._settle(b, session, result, good)
+            # A message whose commands went with the last content: its answers come next. One left
+            # when the session failed was never handed over: it is with the batch's rest.
+            while good and chained and session is not None:
+                i, msg = chained.pop()
+                result, good = await self._attempt(session, msg, then)
+                results[i] = result
+                self._settle(b, session, result, good)
         except Exception as exc:  # an unexpected failure must not lose the batch's other results
             log.exception("e-mail send failed")
             results[i] = MaybeSent("adapter", f"the mail adapter failed ({type(exc).__name__})")
@@ -465,11 +540,24 @@ class SmtpAdapter:
                     await self._close(session)
             b.released.set()
 
-    async def _attempt(self, session: _Session, msg: EmailMessage) -> tuple[Sent | SendError, bool]:
+    @staticmethod
+    def _settle(b: _Batch, session: _Session | None, result: Sent | SendError, good: bool) -> None:
+        if good and session is not None:
+            session.proven = True
+        elif result.code == "421":  # "closing the channel" (RFC 5321): back off, nothing more now
+            b.halt = b.halt or TransientError("421", "the mail server closed the connection")
+        elif result.code == "connect" or isinstance(result, PermanentError | NotTried):  # could not reopen
+            b.halt = b.halt or result
+        else:  # the connection broke: what was not handed over yet waits for the next dispatch
+            b.halt = b.halt or TransientError("disconnected", "the mail server connection broke")
+
+    async def _attempt(
+        self, session: _Session, msg: EmailMessage, then: Callable[[], EmailMessage | None] | None = None
+    ) -> tuple[Sent | SendError, bool]:
         """One try over ``session``: its result, and whether the session can go on."""
         session.smtp.data_started = False
         try:
-            await session.smtp.send(msg, pipelining=self.pipelining)
+            await session.smtp.send(msg, pipelining=self.pipelining, then=then)
             return Sent(msg["Message-ID"]), True
         except aiosmtplib.SMTPRecipientsRefused as exc:
             code = min((r.code for r in exc.recipients), default=550)
@@ -563,7 +651,7 @@ class SmtpAdapter:
 
     async def _close(self, session: _Session) -> None:
         self._open -= 1
-        if not session.smtp.is_connected:
+        if not session.smtp.is_connected or session.smtp.ahead is not None:  # gone, or answers unread
             session.smtp.close()
             return
         try:
