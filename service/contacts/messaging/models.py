@@ -92,7 +92,8 @@ class OutboxMessage(SQLModel, table=True):
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     claim_token: str | None = Field(default=None, max_length=40)  # rows are found by id, under their token
-    provider_id: str | None = Field(default=None, max_length=200, index=True)
+    # Not indexed (migration 0014): a status callback finds its row by id, then compares this.
+    provider_id: str | None = Field(default=None, max_length=200)
     error_code: str | None = Field(default=None, max_length=40)
     error_reason: str | None = Field(default=None, max_length=500)  # plain words, for the worker
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
