@@ -14,7 +14,7 @@ from service.audit.models import ActorType, AuditEvent
 from service.audit.service import list_events
 from service.clock import FixedClock
 from service.contacts.messaging.models import MessageChannel, MessageStatus, OutboxMessage, Purpose
-from service.contacts.messaging.outbox import _record_results, claim, enqueue
+from service.contacts.messaging.outbox import _record_results, _unwanted, claim, enqueue
 from service.contacts.messaging.ports import MaybeSent, PermanentError, Sent, TransientError
 from service.contacts.models import FollowUp, FollowUpStatus
 from service.db import session_scope
@@ -214,3 +214,52 @@ def test_a_tick_stopped_mid_batch_keeps_what_was_sent_and_requeues_what_was_not_
     m.phone = _Stalling(answer=10)
     assert run_job("dispatch", factory, clock, m) == 2
     assert set(m.phone.handed) == untried
+
+
+def test_the_claim_reads_each_clients_consent_with_its_row(api, factory, world, clock):
+    """The claim reads a client's consent once per row (as the bits of ``client_flags``): every
+    combination of a STOP, automated consent and employer consent decides as the flags say, for a
+    check-in to the client and one to the employer; a message with no client is not checked."""
+    now = clock.now()
+    cases = {}
+    for opted_out in (False, True):
+        for automated in (False, True):
+            for employer in (False, True):
+                client = api.client(consent_automated=automated, consent_employer=employer)
+                if opted_out:
+                    update_client(factory, client["id"], opted_out_at=now, opted_out_via="sms")
+                cases[opted_out, automated, employer] = client["id"]
+    with session_scope(factory) as s:
+        for client_id in cases.values():
+            for purpose in (Purpose.check_in, Purpose.employer_check_in):
+                enqueue(
+                    s,
+                    OutboxMessage(
+                        idempotency_key=f"consent:{client_id}:{purpose}", office_id=world.office_a,
+                        purpose=purpose, channel=MessageChannel.email, client_id=client_id,
+                        to_address="x@example.jp", body="本文", next_attempt_at=now,
+                    ),
+                )  # fmt: skip
+        enqueue(
+            s,
+            OutboxMessage(
+                idempotency_key="consent:none", office_id=world.office_a, purpose=Purpose.alert,
+                channel=MessageChannel.email, to_address="staff@example.jp", body="本文", next_attempt_at=now,
+            ),
+        )  # fmt: skip
+    with factory() as s:
+        claimed = claim(s, now=now, limit=100)
+    assert len(claimed) == 2 * len(cases) + 1
+    by_client = {(r.client_id, r.purpose): r for r in claimed}
+    for (opted_out, automated, employer), client_id in cases.items():
+        to_client = _unwanted(by_client[client_id, Purpose.check_in])
+        to_employer = _unwanted(by_client[client_id, Purpose.employer_check_in])
+        if opted_out:
+            assert to_client == "not sent: the client stopped automated messages"
+        elif not automated:
+            assert to_client == "not sent: no consent to automated messages"
+        else:
+            assert to_client is None
+        assert to_employer == (None if employer else "not sent: no consent to contact the employer")
+    (alert,) = [r for r in claimed if r.client_id is None]
+    assert alert.client_flags is None and _unwanted(alert) is None

@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
+    case,
     cast,
     exists,
     func,
@@ -324,10 +325,12 @@ class Claimed(NamedTuple):
     claim_token: str
     error_code: str | None
     error_reason: str | None
-    opted_out: bool | None
-    consent_automated: bool | None
-    consent_employer: bool | None
+    client_flags: int | None  # the client's consent, read once: None (no client) or _OPTED_OUT | ...
     fu_status: str | None
+
+
+# ``Claimed.client_flags``: the bits of the client's consent, so the claim reads the client once.
+_OPTED_OUT, _CONSENT_AUTOMATED, _CONSENT_EMPLOYER = 1, 2, 4
 
 
 def _claimed_columns() -> list:
@@ -336,15 +339,16 @@ def _claimed_columns() -> list:
     # Spelled out: SQLite's RETURNING drops the table names, so a plain column would be ambiguous.
     client_id, follow_up_id = literal_column("outbox_message.client_id"), literal_column("outbox_message.follow_up_id")
 
-    def of_client(value):
-        return sa_select(value).where(c.c.id == client_id).scalar_subquery()
+    def bit(condition, value: int):
+        return case((condition, literal_column(str(value), Integer)), else_=literal_column("0", Integer))
 
+    # One lookup of the client per row (not one per column): its consent as the bits of an integer.
+    flags = bit(c.c.opted_out_at.is_not(None), _OPTED_OUT) + bit(c.c.consent_automated, _CONSENT_AUTOMATED)
+    flags = flags + bit(c.c.consent_employer, _CONSENT_EMPLOYER)
     computed = {
         "purpose": type_coerce(t.c.purpose, String),  # no conversion per row and column
         "channel": type_coerce(t.c.channel, String),
-        "opted_out": of_client(c.c.opted_out_at.is_not(None)),
-        "consent_automated": of_client(c.c.consent_automated),
-        "consent_employer": of_client(c.c.consent_employer),
+        "client_flags": sa_select(flags).where(c.c.id == client_id).scalar_subquery(),
         "fu_status": type_coerce(sa_select(f.c.status).where(f.c.id == follow_up_id).scalar_subquery(), String),
     }
     return [computed[name].label(name) if name in computed else t.c[name] for name in Claimed._fields]
@@ -502,14 +506,15 @@ def _unwanted(row: Claimed) -> str | None:
     """Why a claimed check-in must not go out after all: since it was written, the client
     stopped automated messages or took back consent, or its follow-up was skipped. The client's
     consent and the follow-up's status come with the claimed row."""
-    if row.client_id is None or row.purpose not in _CHECKED_PURPOSES or row.consent_automated is None:
+    flags = row.client_flags
+    if row.client_id is None or row.purpose not in _CHECKED_PURPOSES or flags is None:
         return None  # not a check-in, or no such client
     if row.purpose == Purpose.employer_check_in:
-        if not row.consent_employer:
+        if not flags & _CONSENT_EMPLOYER:
             return "not sent: no consent to contact the employer"
-    elif row.opted_out:
+    elif flags & _OPTED_OUT:
         return "not sent: the client stopped automated messages"
-    elif not row.consent_automated:
+    elif not flags & _CONSENT_AUTOMATED:
         return "not sent: no consent to automated messages"
     fu_status = row.fu_status
     if fu_status in (FollowUpStatus.skipped, FollowUpStatus.cancelled):
