@@ -604,43 +604,61 @@ def _update_claimed(
 ) -> list[tuple]:
     """The one way a dispatch records results: UPDATE the rows still under their claim (same id,
     same claim token, still ``sending``; a row settled meanwhile, e.g. by a status callback, is
-    left alone). ``rows`` are ``(id, claim token, *new values of varying)``, passed as one JSON array
-    (one bound parameter whatever the batch, no per-row statement) joined by id; ``fixed`` are new
-    values the same for every row. Returns the changed rows' ``returning`` columns, as tuples.
-    Serves the sends of a batch (``_mark_sent``: only the provider id varies) and every other
-    result (``_record_one_by_one``: all of ``_RESULT_COLUMNS``)."""
+    left alone). ``rows`` are ``(id, claim token, *new values of varying)``; per claim token (a
+    tick's rows share one), one statement: the token bound once, the rows as one JSON array of
+    ``(id, *new values)`` (one bound parameter whatever the batch, no per-row statement) joined
+    by id; ``fixed`` are new values the same for every row. Returns the changed rows'
+    ``returning`` columns, as tuples. Serves the sends of a batch (``_mark_sent``: only the
+    provider id varies) and every other result (``_record_one_by_one``: all of ``_RESULT_COLUMNS``)."""
     t = _OUTBOX
     dialect = session.get_bind().dialect
     # Each value as the column would bind it (enums as their value; on SQLite, datetimes as its text).
     processors = [t.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in varying]
+    by_token: dict[str, list[tuple]] = defaultdict(list)
     if any(processors):
-        rows = [(row[0], row[1], *(p(v) if p else v for p, v in zip(processors, row[2:], strict=True))) for row in rows]
-    data = bindparam("claimed_rows", json.dumps(rows, default=_json_value))
+        for row in rows:
+            values = (p(v) if p else v for p, v in zip(processors, row[2:], strict=True))
+            by_token[row[1]].append((row[0], *values))
+    else:
+        for row in rows:
+            by_token[row[1]].append((row[0], *row[2:]))
     if dialect.name == "postgresql":
-        each = func.json_array_elements(cast(data, JSON)).table_valued("value")
 
-        def item(i: int, type_):
+        def elements(data):
+            return func.json_array_elements(cast(data, JSON)).table_valued("value")
+
+        def item(each, i: int, type_):
             return cast(each.c.value.op("->>")(i), type_)  # JSON text as the column's type
 
         sending = _status_is(MessageStatus.sending)  # the rows in flight, by their partial index
     else:
-        each = func.json_each(data).table_valued("value")
 
-        def item(i: int, type_):
+        def elements(data):
+            return func.json_each(data).table_valued("value")
+
+        def item(each, i: int, type_):
             return func.json_extract(each.c.value, f"$[{i}]")  # SQLite: the JSON value as it is
 
         # Unary plus: not by the index of the rows in flight (every row of every batch in flight,
         # each against the whole array), but each array entry by its id.
         sending = literal_column("+outbox_message.status", t.c.status.type) == MessageStatus.sending
-    statement = (
-        update(t)
-        .where(t.c.id == item(0, Integer), t.c.claim_token == item(1, t.c.claim_token.type), sending)
-        .values({**{name: item(i, t.c[name].type) for i, name in enumerate(varying, start=2)}, **fixed})
-    )
-    if returning:
-        statement = statement.returning(*returning)
-    result = session.execute(statement, execution_options={"audit_skip": True})  # the callers audit
-    return [tuple(r) for r in result] if returning else []
+    changed: list[tuple] = []
+    for token, values in by_token.items():
+        each = elements(bindparam("claimed_rows", json.dumps(values, default=_json_value)))
+        statement = (
+            update(t)
+            .where(t.c.id == item(each, 0, Integer), t.c.claim_token == token, sending)
+            .values({**{name: item(each, i, t.c[name].type) for i, name in enumerate(varying, start=1)}, **fixed})
+        )
+        if returning:
+            statement = statement.returning(*returning)
+        result = session.execute(statement, execution_options={"audit_skip": True})  # the callers audit
+        if returning:
+            # The driver's own tuples (the columns asked for need no conversion): a result row
+            # per message would cost more than the statement's Python.
+            changed.extend(result.cursor.fetchall())
+            result.close()
+    return changed
 
 
 def _mark_sent(session: Session, sent: list[tuple[int, str, str]], now: datetime) -> list[tuple]:
