@@ -99,3 +99,18 @@ def test_a_sent_row_is_in_neither_status_index(engine, factory, world, clock):
         if engine.dialect.name == "postgresql":
             assert name in _plan(engine, query, None)
     assert by_index == {"ix_outbox_message_due": [ids[3]], "ix_outbox_message_sending": [rows[2].id]}
+
+
+def test_the_outbox_keeps_only_indexes_a_query_reads(engine):
+    """Every UPDATE of the tick maintains the outbox's indexes (on PostgreSQL, all of them: its
+    outbox updates are never HOT), so it has none that nothing reads: not by provider id (a status
+    callback finds its row by id; migration 0014) nor by office (migration 0015)."""
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("outbox_message")}
+    names.discard("uq_outbox_message_idempotency_key")  # PostgreSQL lists the unique constraint's index
+    assert names == {
+        "ix_outbox_message_due",  # the claim
+        "ix_outbox_message_sending",  # reconcile_stuck
+        "ix_outbox_message_follow_up_id",  # planning: a follow-up with no message yet
+        "ix_outbox_message_client_id",  # STOP: the client's queued check-ins
+        "ix_outbox_message_placement_id",  # the client page: a placement's messages
+    }

@@ -72,7 +72,7 @@ class OutboxMessage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     # Who and what: "fu:<follow-up>:<attempt>", "digest:<user>:<day>"... sending twice is impossible.
     idempotency_key: str = Field(max_length=120, sa_column_kwargs={"unique": True})
-    office_id: int = Field(foreign_key="office.id", index=True)
+    office_id: int = Field(foreign_key="office.id")  # not indexed (migration 0015): nothing reads by office
     purpose: Purpose = Field(sa_type=StrEnumType(Purpose))
     channel: MessageChannel = Field(sa_type=StrEnumType(MessageChannel))
     follow_up_id: int | None = Field(default=None, foreign_key="follow_up.id", index=True)
