@@ -26,14 +26,13 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
-    JSON,
+    ARRAY,
     Integer,
     Row,
     String,
     any_,
     bindparam,
     case,
-    cast,
     exists,
     func,
     literal_column,
@@ -590,7 +589,7 @@ def _result_values(current: Row, result: Sent | SendError | datetime, now: datet
 
 
 def _json_value(value: object) -> str:
-    if isinstance(value, datetime):  # PostgreSQL's driver takes datetimes as they are: text for the JSON
+    if isinstance(value, datetime):  # (SQLite's processors already made datetimes text; kept as a guard)
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} in a claimed row's new values")
 
@@ -605,16 +604,19 @@ def _update_claimed(
     """The one way a dispatch records results: UPDATE the rows still under their claim (same id,
     same claim token, still ``sending``; a row settled meanwhile, e.g. by a status callback, is
     left alone). ``rows`` are ``(id, claim token, *new values of varying)``; per claim token (a
-    tick's rows share one), one statement: the token bound once, the rows as one JSON array of
-    ``(id, *new values)`` (one bound parameter whatever the batch, no per-row statement) joined
-    by id; ``fixed`` are new values the same for every row. Returns the changed rows'
-    ``returning`` columns, as tuples. Serves the sends of a batch (``_mark_sent``: only the
-    provider id varies) and every other result (``_record_one_by_one``: all of ``_RESULT_COLUMNS``)."""
+    tick's rows share one), one statement: the token bound once, the rows joined by id from
+    bound parameters whatever the batch (no per-row statement): on PostgreSQL one array per
+    column (``unnest``), on SQLite one JSON array of ``(id, *new values)`` (``json_each``);
+    ``fixed`` are new values the same for every row. Returns the changed rows' ``returning``
+    columns, as tuples. Serves the sends of a batch (``_mark_sent``: only the provider id varies)
+    and every other result (``_record_one_by_one``: all of ``_RESULT_COLUMNS``)."""
     t = _OUTBOX
     dialect = session.get_bind().dialect
-    # Each value as the column would bind it (enums as their value; on SQLite, datetimes as its text).
-    processors = [t.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in varying]
+    postgres = dialect.name == "postgresql"
     by_token: dict[str, list[tuple]] = defaultdict(list)
+    # On SQLite each value as the column would bind it (enums as their value, datetimes as its
+    # text), for the JSON; PostgreSQL's arrays are typed as the columns and bound as they would be.
+    processors = [] if postgres else [t.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in varying]
     if any(processors):
         for row in rows:
             values = (p(v) if p else v for p, v in zip(processors, row[2:], strict=True))
@@ -622,33 +624,31 @@ def _update_claimed(
     else:
         for row in rows:
             by_token[row[1]].append((row[0], *row[2:]))
-    if dialect.name == "postgresql":
-
-        def elements(data):
-            return func.json_array_elements(cast(data, JSON)).table_valued("value")
-
-        def item(each, i: int, type_):
-            return cast(each.c.value.op("->>")(i), type_)  # JSON text as the column's type
-
+    types = [Integer(), *(t.c[name].type for name in varying)]
+    if postgres:
         sending = _status_is(MessageStatus.sending)  # the rows in flight, by their partial index
     else:
-
-        def elements(data):
-            return func.json_each(data).table_valued("value")
-
-        def item(each, i: int, type_):
-            return func.json_extract(each.c.value, f"$[{i}]")  # SQLite: the JSON value as it is
-
         # Unary plus: not by the index of the rows in flight (every row of every batch in flight,
         # each against the whole array), but each array entry by its id.
         sending = literal_column("+outbox_message.status", t.c.status.type) == MessageStatus.sending
     changed: list[tuple] = []
     for token, values in by_token.items():
-        each = elements(bindparam("claimed_rows", json.dumps(values, default=_json_value)))
+        if postgres:
+            arrays = [
+                bindparam(f"claimed_{i}", list(column), type_=ARRAY(type_))
+                for i, (column, type_) in enumerate(zip(zip(*values, strict=True), types, strict=True))
+            ]
+            each = func.unnest(*arrays).table_valued(*(f"c{i}" for i in range(len(types)))).render_derived()
+            items = [each.c[f"c{i}"] for i in range(len(types))]
+        else:
+            each = func.json_each(bindparam("claimed_rows", json.dumps(values, default=_json_value)))
+            each = each.table_valued("value")
+            # The JSON values as they are (SQLite compares and stores them as the bound values).
+            items = [func.json_extract(each.c.value, f"$[{i}]") for i in range(len(types))]
         statement = (
             update(t)
-            .where(t.c.id == item(each, 0, Integer), t.c.claim_token == token, sending)
-            .values({**{name: item(each, i, t.c[name].type) for i, name in enumerate(varying, start=1)}, **fixed})
+            .where(t.c.id == items[0], t.c.claim_token == token, sending)
+            .values({**dict(zip(varying, items[1:], strict=True)), **fixed})
         )
         if returning:
             statement = statement.returning(*returning)
