@@ -467,9 +467,29 @@ class Kept:
 # What acting on a kept SMS writes on its row, by one statement built once. As ``receive_sms``
 # kept it, every one of these is NULL but the body (what the "update" event shows as old).
 _FILLED = ("office_id", "client_id", "outbox_id", "body", "reply_class", "matched_reason", "outcome_id", "command")
+_EARLIER = _INBOUND.alias("earlier")
+
+
+def _held(row, now):  # type: ignore[no-untyped-def]
+    """``row`` waits behind an earlier SMS of its sender that was put off (its acting failed, its
+    next try not due by ``now``): a sender's SMS are acted on in the order kept, a STOP never
+    overtaken by the START after it."""
+    e = _EARLIER.c
+    return exists().where(
+        e.from_address == row.from_address,
+        e.processed_at.is_(None),
+        e.next_attempt_at > now,
+        e.id < row.id,
+    )
+
+
 _TAKE = (
     update(_INBOUND)
-    .where(_INBOUND.c.id == bindparam("b_id"), _INBOUND.c.processed_at.is_(None))
+    .where(
+        _INBOUND.c.id == bindparam("b_id"),
+        _INBOUND.c.processed_at.is_(None),
+        ~_held(_INBOUND.c, bindparam("b_at")),
+    )
     .values(processed_at=bindparam("b_at"))
     .returning(_INBOUND.c.provider_id, _INBOUND.c.from_address, _INBOUND.c.body)
 )
@@ -483,7 +503,8 @@ _FILL = (
 def _take(session: Session, inbound_id: int, now: datetime) -> Kept | None:
     """Mark a kept SMS as acted on, in the transaction that acts on it, unless it has been: the
     conditional UPDATE takes the row's lock, so of the request's own follow-up and the recovery
-    job at once, one acts and the other (waiting for it) finds it done and does nothing."""
+    job at once, one acts and the other (waiting for it) finds it done and does nothing. Nor while
+    an earlier SMS of its sender is put off: it stays waiting, for the job, behind that one."""
     row = session.connection().execute(_TAKE, {"b_id": inbound_id, "b_at": now}).first()
     if row is None:
         return None
@@ -586,17 +607,20 @@ def process_waiting_sms(
     with session_scope(factory) as session:
         waiting = waiting_sms(session, received_before=clock.now() - grace, limit=limit, now=clock.now())
         threads = threads if session.get_bind().dialect.name == "postgresql" else 1
-    lanes: dict[int, list[int]] = {}
+    lanes: dict[int, list[tuple[int, str]]] = {}
     for inbound_id, sender in waiting:
-        lanes.setdefault(hash(sender) % threads, []).append(inbound_id)
+        lanes.setdefault(hash(sender) % threads, []).append((inbound_id, sender))
 
-    def act(ids: list[int]) -> int:
-        done = 0
-        for inbound_id in ids:
+    def act(kept: list[tuple[int, str]]) -> int:
+        done, failed = 0, set()
+        for inbound_id, sender in kept:
+            if sender in failed:
+                continue  # behind its sender's SMS that failed just now: in order, later
             try:
                 with session_scope(factory) as session:
                     done += process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock) is not None
             except Exception:
+                failed.add(sender)
                 log.exception("acting on kept SMS %s failed", inbound_id)  # its id and the error's type, no data
                 try:
                     _put_off(factory, inbound_id, clock.now())
@@ -613,7 +637,8 @@ def process_waiting_sms(
 
 
 # A kept SMS whose acting failed (a fault of ours: the message is kept, the change rolled back) is
-# tried again after these, then every 2 h; never dropped, never holding up the SMS behind it.
+# tried again after these, then every 2 h; never dropped, holding up no other sender's SMS (its own
+# sender's later ones wait behind it, to keep their order).
 RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=2))
 
 
@@ -636,18 +661,17 @@ def _put_off(factory: sessionmaker[Session], inbound_id: int, now: datetime) -> 
 
 def waiting_sms(session: Session, *, received_before: datetime, now: datetime, limit: int) -> list[tuple[int, str]]:
     """Kept SMS not acted on, received at or before ``received_before``, oldest first, with their
-    senders (process_replies); one whose acting failed only once its next try is due (``now``)."""
-    next_try = col(InboundMessage.next_attempt_at)
-    due = next_try.is_(None) | (next_try <= now)
-    return [
-        (inbound_id, sender)
-        for inbound_id, sender in session.exec(
-            select(InboundMessage.id, InboundMessage.from_address)
-            .where(col(InboundMessage.processed_at).is_(None), InboundMessage.received_at <= received_before, due)
-            .order_by(col(InboundMessage.received_at), col(InboundMessage.id))
-            .limit(limit)
-        ).all()
-    ]
+    senders (process_replies); one whose acting failed only once its next try is due (``now``), and
+    its sender's later ones not before it."""
+    m = _INBOUND.c
+    due = m.next_attempt_at.is_(None) | (m.next_attempt_at <= now)
+    query = (
+        select(m.id, m.from_address)
+        .where(m.processed_at.is_(None), m.received_at <= received_before, due, ~_held(m, now))
+        .order_by(m.received_at, m.id)
+        .limit(limit)
+    )
+    return [(inbound_id, sender) for inbound_id, sender in session.connection().execute(query)]
 
 
 def _apply_command(

@@ -257,3 +257,38 @@ def test_an_sms_that_cannot_be_acted_on_is_put_off_and_holds_up_no_other(api, ht
     assert run() == 2
     assert all(r.processed_at is not None for r in rows(factory, InboundMessage))
     assert sample(scrape(http), "teichaku_inbound_sms_waiting", state="put_off") == 0
+
+
+def test_a_put_off_sms_keeps_its_senders_later_ones_behind_it(api, http, factory, clock, monkeypatch):
+    """A client's STOP whose acting fails is put off; the START they sent after it waits behind it,
+    in the job and in the API's own acting, and goes after it once it is acted on: started, as sent."""
+    ci = sent_check_in(api, http, factory, clock)
+    state = http.app.state
+    state.settings = state.settings.model_copy(update={"act_on_sms_in_api": False})
+    assert post_signed(http, SMS, sms(ci, "STOP", "SM" + "a" * 32)).status_code == 200
+    clock.set(clock.now() + timedelta(seconds=1))
+    assert post_signed(http, SMS, sms(ci, "START", "SM" + "b" * 32)).status_code == 200
+    stop, start = sorted(r.id for r in rows(factory, InboundMessage))
+    real = answers.process_sms
+
+    def faulty(session, *, inbound_id, **kw):
+        if inbound_id == stop:
+            raise RuntimeError("a fault of ours")
+        return real(session, inbound_id=inbound_id, **kw)
+
+    monkeypatch.setattr(answers, "process_sms", faulty)
+    clock.set(clock.now() + answers.WAITING_GRACE)
+    assert run_job("process_replies", factory, clock, state.messaging) == 0  # STOP failed, START held
+    assert run_job("process_replies", factory, clock, state.messaging) == 0  # still held behind it
+    # The API acting on a new SMS of the same sender leaves it waiting too.
+    state.settings = state.settings.model_copy(update={"act_on_sms_in_api": True})
+    assert post_signed(http, SMS, sms(ci, "2", SID)).status_code == 200
+    assert [r.processed_at for r in rows(factory, InboundMessage)] == [None, None, None]
+    assert outcomes_of(factory, ci) == []
+
+    monkeypatch.setattr(answers, "process_sms", real)
+    clock.set(clock.now() + answers.RETRY_BACKOFF[0])
+    assert run_job("process_replies", factory, clock, state.messaging) == 3
+    (client,) = rows(factory, Client, Client.id == ci.client_id)
+    assert client.opted_out_at is None  # STOP, then START: started
+    assert len(outcomes_of(factory, ci)) == 1
