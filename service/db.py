@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import sqlite3
 import threading
 import time
@@ -126,6 +127,7 @@ def _ping_when_idle(engine: Engine) -> None:
 # DELETE or REPLACE) and given back at commit or rollback: a waiter is woken the moment the
 # writer before it is done. Other processes (the CLI beside a server) still meet busy_timeout.
 _DML = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)  # what the driver skips (3.12: comments too)
 WRITE_WAIT_SECONDS = 30.0  # as busy_timeout: then "database is locked", a 503 at the API
 _file_locks: dict[str, threading.Lock] = {}
 _file_locks_guard = threading.Lock()
@@ -143,7 +145,7 @@ def _writers_take_turns(engine: Engine, lock: threading.Lock) -> None:
     @event.listens_for(engine, "before_cursor_execute")
     def _take(conn, _cursor, statement, _params, _context, _many):  # type: ignore[no-untyped-def]
         dbapi_conn = conn.connection.dbapi_connection
-        if holder[0] is dbapi_conn or not statement.lstrip()[:7].upper().startswith(_DML):
+        if holder[0] is dbapi_conn or not _LEADING.sub("", statement, count=1)[:7].upper().startswith(_DML):
             return
         if not lock.acquire(timeout=WRITE_WAIT_SECONDS):
             raise sqlite3.OperationalError("database is locked")

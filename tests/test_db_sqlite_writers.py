@@ -37,10 +37,11 @@ def rows(engine: sa.Engine) -> list[tuple]:
         return [tuple(r) for r in conn.exec_driver_sql("SELECT id, v FROM t ORDER BY id")]
 
 
-def test_a_writer_kept_waiting_gets_database_is_locked_then_writes_once_the_turn_is_free(engines):
+@pytest.mark.parametrize("lead", ["", "  /* a note */ ", "-- a note\n"], ids=["plain", "block-comment", "line-comment"])
+def test_a_writer_kept_waiting_gets_database_is_locked_then_writes_once_the_turn_is_free(engines, lead):
     first, second = engines
     with first.connect() as holding:
-        holding.exec_driver_sql("INSERT INTO t VALUES (1, 'first')")
+        holding.exec_driver_sql(lead + "INSERT INTO t VALUES (1, 'first')")  # the turn taken however it starts
         with second.connect() as waiting:
             with pytest.raises(sa.exc.OperationalError, match="database is locked"):
                 waiting.exec_driver_sql("INSERT INTO t VALUES (2, 'second')")

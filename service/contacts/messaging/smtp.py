@@ -304,8 +304,9 @@ class _SMTP(aiosmtplib.SMTP):
                 if refusal is None and data.code != 354:
                     refusal = aiosmtplib.SMTPDataError(data.code, data.message)
                 if refusal is None:
+                    ahead = self._ahead_of(then)  # before the content counts as gone: nothing of ours fails after
                     self.data_started = True
-                    protocol.write(content + self._ahead_of(then))
+                    protocol.write(content + ahead)
                     answers.append(done := await protocol.answer(timeout))
                     if done.code != 250:
                         refusal = aiosmtplib.SMTPDataError(done.code, done.message)
@@ -333,7 +334,7 @@ class _SMTP(aiosmtplib.SMTP):
             return b""
         try:
             envelope = self._envelope(nxt)[2]
-        except (ValueError, aiosmtplib.SMTPException):  # it fails on its own turn, as it would unchained
+        except Exception:  # it fails on its own turn (attributed to it), as it would unchained
             return b""
         self.ahead = nxt
         return envelope + b"DATA\r\n"
