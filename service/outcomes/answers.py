@@ -52,7 +52,7 @@ from service.contacts.messaging.replies import (
     command_of,
 )
 from service.contacts.models import Channel, Client, FollowUp, FollowUpStatus, Party, Placement
-from service.db import session_scope
+from service.db import session_scope, sqlite_indexed_by
 from service.outcomes import crisis
 from service.outcomes.models import CrisisSignalKind, CrisisSignalParty, Outcome
 
@@ -467,7 +467,8 @@ class Kept:
 # What acting on a kept SMS writes on its row, by one statement built once. As ``receive_sms``
 # kept it, every one of these is NULL but the body (what the "update" event shows as old).
 _FILLED = ("office_id", "client_id", "outbox_id", "body", "reply_class", "matched_reason", "outcome_id", "command")
-_EARLIER = _INBOUND.alias("earlier")
+# Read through the partial index of the put-off rows (nearly always empty), never by scanning.
+_EARLIER = sqlite_indexed_by(_INBOUND, "ix_inbound_message_put_off", "earlier")
 
 
 def _held(row, now):  # type: ignore[no-untyped-def]

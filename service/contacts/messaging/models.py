@@ -115,6 +115,13 @@ class InboundMessage(SQLModel, table=True):
             sqlite_where=sa.text("processed_at IS NULL"),
             postgresql_where=sa.text("processed_at IS NULL"),
         ),
+        # Put off after a failed try (migration 0016): its sender's later SMS wait behind it.
+        sa.Index(
+            "ix_inbound_message_put_off",
+            "from_address",
+            sqlite_where=sa.text("processed_at IS NULL AND next_attempt_at IS NOT NULL"),
+            postgresql_where=sa.text("processed_at IS NULL AND next_attempt_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
