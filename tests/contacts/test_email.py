@@ -282,11 +282,10 @@ def test_the_send_rate_is_never_exceeded(api, settings, factory, clock, sink):
     stamps = [r.at for r in handler.received]
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert len(gaps) == 5
-    # 5 a second: five gaps take at least a second in all, and no two messages come close together
-    # (the server sees arrivals, which a loaded machine delays unevenly: half the spacing is enough
-    # to tell pacing from none, where messages arrive milliseconds apart)
-    assert stamps[-1] - stamps[0] >= 1.0 - 0.02
-    assert min(gaps) >= 0.2 / 2, gaps
+    # 5 a second: five gaps take at least a second in all (unpaced, they arrive milliseconds apart).
+    # The server sees arrivals, which a loaded machine delays unevenly, so the spacing of each turn
+    # is checked exactly on a virtual clock in test_rate_limiter.py, not here.
+    assert stamps[-1] - stamps[0] >= 1.0 - 0.02, gaps
 
 
 def test_over_several_sessions_at_once_the_send_rate_still_holds(api, settings, factory, clock):
@@ -306,8 +305,7 @@ def test_over_several_sessions_at_once_the_send_rate_still_holds(api, settings, 
         assert took < 6 * 1.0 * 0.75  # well under one message after another over one session
         stamps = sorted(handler.transactions)
         gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-        assert stamps[-1] - stamps[0] >= 1.0 - 0.02  # as above: paced in all, and never two together
-        assert min(gaps) >= 0.2 / 2, gaps
+        assert stamps[-1] - stamps[0] >= 1.0 - 0.02, gaps  # as above: paced in all
         assert sorted(r.rcpt_tos[0] for r in handler.received) == [f"c{i}@example.jp" for i in range(6)]
 
 

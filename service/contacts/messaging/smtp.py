@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
@@ -68,20 +68,27 @@ class RateLimiter:
     books the next free slot before it sleeps (no await in between), so waiters are served in
     order and never closer than ``interval`` apart."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.interval = 1.0 / rate
         self._next = 0.0
+        self._clock, self._sleep = clock, sleep  # a test's virtual time, else the real one
 
     async def wait(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         slot = max(now, self._next)
         self._next = slot + self.interval
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self._sleep(slot - now)
 
     def now_or_never(self) -> bool:
         """Books a slot if one is free right now (no waiting); False, and nothing booked, if not."""
-        now = time.monotonic()
+        now = self._clock()
         if self._next > now:
             return False
         self._next = now + self.interval
@@ -89,7 +96,7 @@ class RateLimiter:
 
     def started_late(self) -> None:
         """The event granted by the last ``wait`` happens only now: the next one is spaced from now."""
-        self._next = max(self._next, time.monotonic() + self.interval)
+        self._next = max(self._next, self._clock() + self.interval)
 
 
 class _HeaderClasses(HeaderRegistry):
