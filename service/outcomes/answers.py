@@ -608,20 +608,19 @@ def process_waiting_sms(
     with session_scope(factory) as session:
         waiting = waiting_sms(session, received_before=clock.now() - grace, limit=limit, now=clock.now())
         threads = threads if session.get_bind().dialect.name == "postgresql" else 1
-    lanes: dict[int, list[tuple[int, str]]] = {}
+    lanes: dict[int, list[int]] = {}
     for inbound_id, sender in waiting:
-        lanes.setdefault(hash(sender) % threads, []).append((inbound_id, sender))
+        lanes.setdefault(hash(sender) % threads, []).append(inbound_id)
 
-    def act(kept: list[tuple[int, str]]) -> int:
-        done, failed = 0, set()
-        for inbound_id, sender in kept:
-            if sender in failed:
-                continue  # behind its sender's SMS that failed just now: in order, later
+    def act(ids: list[int]) -> int:
+        # One that fails is put off before the next is taken, and its sender's later SMS are then
+        # held behind it by the take itself (``_held``).
+        done = 0
+        for inbound_id in ids:
             try:
                 with session_scope(factory) as session:
                     done += process_sms(session, messaging=messaging, inbound_id=inbound_id, clock=clock) is not None
             except Exception:
-                failed.add(sender)
                 log.exception("acting on kept SMS %s failed", inbound_id)  # its id and the error's type, no data
                 try:
                     _put_off(factory, inbound_id, clock.now())

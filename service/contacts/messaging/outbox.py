@@ -617,13 +617,10 @@ def _update_claimed(
     # On SQLite each value as the column would bind it (enums as their value, datetimes as its
     # text), for the JSON; PostgreSQL's arrays are typed as the columns and bound as they would be.
     processors = [] if postgres else [t.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in varying]
-    if any(processors):
-        for row in rows:
-            values = (p(v) if p else v for p, v in zip(processors, row[2:], strict=True))
-            by_token[row[1]].append((row[0], *values))
-    else:
-        for row in rows:
-            by_token[row[1]].append((row[0], *row[2:]))
+    convert = any(processors)
+    for row in rows:
+        values = [p(v) if p else v for p, v in zip(processors, row[2:], strict=True)] if convert else row[2:]
+        by_token[row[1]].append((row[0], *values))
     types = [Integer(), *(t.c[name].type for name in varying)]
     if postgres:
         sending = _status_is(MessageStatus.sending)  # the rows in flight, by their partial index
