@@ -3,6 +3,7 @@ token signer and the scheduler, chosen from settings, never at import."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,6 +46,24 @@ from service.web.docs import include_docs
 
 log = logging.getLogger(__name__)
 
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process, when the service has started: what is alive now (the modules, the
+    app, its engine and scheduler, some 150,000 objects) stays alive, so it is moved out of the
+    cyclic garbage collector's sight (``gc.freeze``). A full collection walked all of it, some
+    100 ms with every thread stopped, every few seconds under a stream of webhooks: the slowest
+    answers, and on a slow machine a backlog that grew the next collections (issue 7, benchmark
+    4; bench/README.md). Objects made later are collected as before; once per process, so an
+    app started again in the same process (tests) freezes nothing more."""
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    gc.collect()  # the start-up's own garbage first: what is frozen is never collected
+    gc.freeze()
+
 
 def create_app(
     settings: Settings | None = None,
@@ -84,6 +103,7 @@ def create_app(
             scheduler = build_scheduler(settings, ctx)
             scheduler.start()
         app.state.scheduler = scheduler
+        _freeze_startup_heap()
         try:
             yield
         finally:
