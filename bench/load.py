@@ -362,14 +362,14 @@ def bench_webhooks(kind: str, size: dict, run_id: str) -> dict:
         phones = _prepare_replies(db, n_unique, backlog=int(40 * seconds) + 200)
         tick = {"TEICHAKU_DISPATCH_INTERVAL_SECONDS": "5", "TEICHAKU_DISPATCH_BATCH": "200"}
         if kind == "sqlite":  # docs/deploy.md: on SQLite, one process runs the API and the scheduler
-            server = api(f"{run_id}_hooks_api", db.url, scheduler=True, **tick)
+            server = api(f"{run_id}_{kind}_hooks_api", db.url, scheduler=True, **tick)
             procs.append(server)
             layout = "one process: API and scheduler (as docs/deploy.md says for SQLite)"
         else:
             # API processes are stateless (docs/deploy.md): two uvicorn workers, beside one scheduler.
-            server = api(f"{run_id}_hooks_api", db.url, workers=WEBHOOK_API_WORKERS, scheduler=False)
+            server = api(f"{run_id}_{kind}_hooks_api", db.url, workers=WEBHOOK_API_WORKERS, scheduler=False)
             procs.append(server)
-            procs.append(scheduler_role(f"{run_id}_hooks_scheduler", db.url, server.port, **tick))
+            procs.append(scheduler_role(f"{run_id}_{kind}_hooks_scheduler", db.url, server.port, **tick))
             layout = f"API (uvicorn, {WEBHOOK_API_WORKERS} workers) + `teichaku scheduler` process"
         for p in procs:
             p.wait_ready()
@@ -523,7 +523,7 @@ def bench_http(kind: str, size: dict, run_id: str) -> dict:
     by_workers: dict[str, dict] = {}
     try:
         for n in size["http_workers"]:
-            server = api(f"{run_id}_http_api_{n}", db.url, workers=n)
+            server = api(f"{run_id}_{kind}_http_api_{n}", db.url, workers=n)
             try:
                 server.wait_ready()
                 base = f"http://127.0.0.1:{server.port}"
