@@ -221,6 +221,12 @@ def _indexed_by_alias(index: str) -> type[Alias]:
     return cls
 
 
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> sa.Index:
+    """An index of only the rows matching ``where`` (SQL), on SQLite and PostgreSQL alike."""
+    condition = sa.text(where)
+    return sa.Index(name, *columns, unique=unique, sqlite_where=condition, postgresql_where=condition)
+
+
 def sqlite_indexed_by(table: sa.Table, index: str, name: str) -> Alias:
     """``table`` aliased as ``name``, read through ``index`` on SQLite (``INDEXED BY``: SQLite's
     planner may pick a worse index, and the statement then fails rather than slows down should the

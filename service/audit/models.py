@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from service.db import StrEnumType, UTCDateTime, utcnow
+from service.db import StrEnumType, UTCDateTime, partial_index, utcnow
 
 
 class ActorType(enum.StrEnum):
@@ -32,13 +32,7 @@ class AuditEvent(SQLModel, table=True):
         sa.Index("ix_audit_event_record", "record_type", "record_id"),
         # Summary events (many records changed at once, their ids in the changes): a record's
         # history searches only these (service/audit/service.py).
-        sa.Index(
-            "ix_audit_event_summary",
-            "office_id",
-            "record_type",
-            sqlite_where=sa.text("record_id IS NULL"),
-            postgresql_where=sa.text("record_id IS NULL"),
-        ),
+        partial_index("ix_audit_event_summary", "office_id", "record_type", where="record_id IS NULL"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

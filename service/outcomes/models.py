@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from service.contacts.models import Channel, Party
-from service.db import StrEnumType, UTCDateTime, utcnow
+from service.db import StrEnumType, UTCDateTime, partial_index, utcnow
 
 
 class StillEmployed(enum.StrEnum):
@@ -113,19 +113,13 @@ class CrisisSignalParty(enum.StrEnum):
 
 # At most one flag per placement is open or acknowledged. Partial unique indexes work the same
 # on PostgreSQL and SQLite; the code also joins the open flag, this only stops a race.
-_OPEN_FLAG = sa.text("status != 'resolved'")
+_OPEN_FLAG = "status != 'resolved'"
 
 
 class CrisisFlag(SQLModel, table=True):
     __tablename__ = "crisis_flag"
     __table_args__ = (
-        sa.Index(
-            "uq_crisis_flag_open_placement",
-            "placement_id",
-            unique=True,
-            sqlite_where=_OPEN_FLAG,
-            postgresql_where=_OPEN_FLAG,
-        ),
+        partial_index("uq_crisis_flag_open_placement", "placement_id", unique=True, where=_OPEN_FLAG),
         sa.Index("ix_crisis_flag_office_status", "office_id", "status", "opened_at"),
     )
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from service.db import StrEnumType, UTCDateTime, utcnow
+from service.db import StrEnumType, UTCDateTime, partial_index, utcnow
 
 
 class MessageChannel(enum.StrEnum):
@@ -54,19 +53,9 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         # Only the rows in flight (migration 0011): a sent row is in neither, so the dispatch
         # tick's two UPDATEs keep one small index each, not a whole-table one twice.
-        sa.Index(  # the claim's order; queries must spell status = 'queued' out (not a parameter)
-            "ix_outbox_message_due",
-            "next_attempt_at",
-            "id",
-            sqlite_where=sa.text("status = 'queued'"),
-            postgresql_where=sa.text("status = 'queued'"),
-        ),
-        sa.Index(  # reconcile_stuck
-            "ix_outbox_message_sending",
-            "claimed_at",
-            sqlite_where=sa.text("status = 'sending'"),
-            postgresql_where=sa.text("status = 'sending'"),
-        ),
+        # The claim's order; queries must spell status = 'queued' out (not a parameter).
+        partial_index("ix_outbox_message_due", "next_attempt_at", "id", where="status = 'queued'"),
+        partial_index("ix_outbox_message_sending", "claimed_at", where="status = 'sending'"),  # reconcile_stuck
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -109,18 +98,10 @@ class InboundMessage(SQLModel, table=True):
     __tablename__ = "inbound_message"
     __table_args__ = (
         # An SMS kept but not acted on yet (migration 0012): the recovery job's search.
-        sa.Index(
-            "ix_inbound_message_waiting",
-            "received_at",
-            sqlite_where=sa.text("processed_at IS NULL"),
-            postgresql_where=sa.text("processed_at IS NULL"),
-        ),
+        partial_index("ix_inbound_message_waiting", "received_at", where="processed_at IS NULL"),
         # Put off after a failed try (migration 0016): its sender's later SMS wait behind it.
-        sa.Index(
-            "ix_inbound_message_put_off",
-            "from_address",
-            sqlite_where=sa.text("processed_at IS NULL AND next_attempt_at IS NOT NULL"),
-            postgresql_where=sa.text("processed_at IS NULL AND next_attempt_at IS NOT NULL"),
+        partial_index(
+            "ix_inbound_message_put_off", "from_address", where="processed_at IS NULL AND next_attempt_at IS NOT NULL"
         ),
     )
 
