@@ -113,6 +113,9 @@ SIZES = {
         "http_seconds": 15,
     },
 }
+# L: a whole country's history (Japan places about 100,000 people a year through these programs: 20
+# years of it), for the queue and retention; the other cases as at M. On PostgreSQL (the issue's L).
+SIZES["L"] = SIZES["M"] | {"queue": [10_000, 500_000, 2_000_000], "retention": 2_000_000}
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -595,32 +598,40 @@ def _flat_item(i: dict) -> tuple:
 RAW_OUTCOME_FIELDS = OUTCOME_FIELDS  # the same fields, compared one by one
 
 
-def bench_queue_at(db: Db, caseload: gen.Caseload, calls: int) -> dict:
-    """Ours against RAW_QUEUE, alternating, on five workers spread over the office. A few warm-up
-    calls first (statement caches, pages), then the garbage collector is collected and frozen for
-    the timed calls, so that a collection of the enrichment's garbage is not billed to one call."""
-    import gc
+class _QueueAt:
+    """One size of the queue case: its database enriched (:func:`_enrich_for_queue`, committed
+    and settled), a session, five workers spread over the office, and its timings."""
 
-    from service.i18n import action_text
-    from service.outcomes.queue import daily_queue
+    def __init__(self, db: Db, caseload: gen.Caseload) -> None:
+        self.db, self.caseload = db, caseload
+        workers = caseload.worker_ids[:: max(1, len(caseload.worker_ids) // 5)][:5]
+        with db.engine.begin() as conn:
+            self.extra = _enrich_for_queue(conn, workers, caseload.office_id)
+        _settle(db.engine)
+        self.session = Session(db.engine)
+        self.sql = sa.text(_raw_queue_sql(db.engine.dialect.name))
+        self.users = [self.session.get(StaffUser, w) for w in workers]
+        self.times: dict[str, list[float]] = {"ours_s": [], "raw_s": [], "ours_cpu_s": [], "raw_cpu_s": []}
+        self.checked, self.items = 0, 0
 
-    workers = caseload.worker_ids[:: max(1, len(caseload.worker_ids) // 5)][:5]
-    ours, raw, checked = [], [], 0
-    ours_cpu, raw_cpu = [], []
-    with db.engine.begin() as conn:
-        extra = _enrich_for_queue(conn, workers, caseload.office_id)
-    _settle(db.engine)
-    with Session(db.engine) as session:
-        sql = sa.text(_raw_queue_sql(db.engine.dialect.name))
-        users = [session.get(StaffUser, w) for w in workers]
+    def raw(self, u: StaffUser) -> list:
+        return self.session.execute(
+            self.sql, {"worker": u.id, "office": u.office_id, "false": False, "on": gen.TODAY}
+        ).all()
 
-        def run_raw(u: StaffUser) -> list:
-            return session.execute(sql, {"worker": u.id, "office": u.office_id, "false": False, "on": gen.TODAY}).all()
+    def ours(self, u: StaffUser):
+        from service.outcomes.queue import daily_queue
 
-        for u in users:  # warm-up, and the check that both give the same queue
-            q = daily_queue(session, worker=u, on=gen.TODAY)
+        return daily_queue(self.session, worker=u, on=gen.TODAY)
+
+    def check(self) -> None:
+        """Warm-up (statement caches, pages), and the check that both give the same queue."""
+        from service.i18n import action_text
+
+        for u in self.users:
+            q = self.ours(u)
             got = [_flat_item(i) for i in q.model_dump()["items"]]
-            want = [_norm_raw(r) for r in run_raw(u)]
+            want = [_norm_raw(r) for r in self.raw(u)]
             assert got == want, f"queue differs from raw SQL for worker {u.id}"
             lang = u.language.value
             assert [i.action for i in q.items] == [
@@ -628,38 +639,61 @@ def bench_queue_at(db: Db, caseload: gen.Caseload, calls: int) -> dict:
             ]
             assert {g: sum(1 for r in want if r[2] == g) for g in ("crisis", "overdue", "today")} == q.counts
             assert q.counts["crisis"] == 2 and any(r[21] is not None for r in want)
-            checked += len(want)
+            self.checked += len(want)
+
+    def call(self, i: int) -> None:
+        """One call of ours, then one of the raw query, for the ``i``-th worker in turn."""
+        user = self.users[i % len(self.users)]
+        for name, fn in (("ours", self.ours), ("raw", self.raw)):
+            c0, t0 = time.process_time(), time.perf_counter()
+            got = fn(user)
+            self.times[f"{name}_s"].append(time.perf_counter() - t0)
+            # CPU time of this process per call (user + system; the page reads are system time):
+            # what the call costs, apart from waiting for a core on a shared machine
+            self.times[f"{name}_cpu_s"].append(time.process_time() - c0)
+            if name == "ours":
+                ids, self.items = [item.follow_up_id for item in got.items], len(got.items)
+            else:
+                assert ids == [r[0] for r in got]
+
+    def close(self) -> dict:
+        """Takes the enrichment away; returns the figures."""
+        self.session.rollback()
+        self.session.close()
+        t0 = time.perf_counter()
+        with self.db.engine.begin() as conn:
+            _unenrich_for_queue(conn, self.extra.pop("first_ids"))
+        self.extra["unenrich_s"] = time.perf_counter() - t0
+        figures = {name: stats(values) for name, values in self.times.items() if values}  # none if a check failed
+        return {"items_per_queue": self.items, "items_checked": self.checked} | figures | self.extra
+
+
+def bench_queue(at: dict[int, tuple[Db, gen.Caseload]], calls: int) -> dict[int, dict]:
+    """Ours against RAW_QUEUE at every size, interleaved: each round makes one call of ours and
+    one of the raw query at each size in turn (the order of the sizes rotating round by round),
+    so that every size and both paths meet the machine in the same state; a machine whose speed
+    changes during a run (a shared one does) moves all the figures together, not one size's.
+    After the warm-up, the garbage collector is collected and frozen for the timed calls, so
+    that a collection of the enrichment's garbage is not billed to one call."""
+    import gc
+
+    cases = {n: _QueueAt(db, caseload) for n, (db, caseload) in sorted(at.items())}
+    try:
+        for case in cases.values():
+            case.check()
+        order = list(cases.values())
         gc.collect()
         gc.freeze()
         try:
             for i in range(calls):
-                user = users[i % len(users)]
-                c0 = time.process_time()
-                t, q = timed(lambda u=user: daily_queue(session, worker=u, on=gen.TODAY))
-                ours.append(t)
-                ours_cpu.append(time.process_time() - c0)
-                c0 = time.process_time()
-                t, rows = timed(lambda u=user: run_raw(u))
-                raw.append(t)
-                raw_cpu.append(time.process_time() - c0)
-                assert [item.follow_up_id for item in q.items] == [r[0] for r in rows]
+                k = i % len(order)
+                for case in order[k:] + order[:k]:
+                    case.call(i)
         finally:
             gc.unfreeze()
-        session.rollback()
-    t0 = time.perf_counter()
-    with db.engine.begin() as conn:
-        _unenrich_for_queue(conn, extra.pop("first_ids"))
-    extra["unenrich_s"] = time.perf_counter() - t0
-    return {
-        "items_per_queue": len(q.items),
-        "items_checked": checked,
-        "ours_s": stats(ours),
-        "raw_s": stats(raw),
-        # CPU time of this process per call (user + system; the page reads are system time): what
-        # the call costs, apart from waiting for a core on a shared machine
-        "ours_cpu_s": stats(ours_cpu),
-        "raw_cpu_s": stats(raw_cpu),
-    } | extra
+    finally:
+        figures = {n: case.close() for n, case in cases.items()}
+    return figures
 
 
 _DUCK_MACROS = """
@@ -833,22 +867,28 @@ def bench_retention(db: Db, caseload: gen.Caseload, naive_rounds: int = 3) -> di
 
 
 def bench_sizes(kind: str, size: dict, run_id: str) -> tuple[dict, dict | None, Db | None, gen.Caseload | None]:
-    """Queue at each size; retention at the size S (or M) figure; keeps that database for dispatch."""
-    per_size, retention_result, kept, kept_caseload = {}, None, None, None
-    for n in size["queue"] + ([size["retention"]] if size["retention"] not in size["queue"] else []):
-        db, caseload, keep = caseload_db(kind, n, run_id)
-        if n in size["queue"]:
-            per_size[n] = bench_queue_at(db, caseload, size["queue_calls"]) | {"follow_ups": caseload.follow_ups}
-        if n == size["retention"]:
-            # The load-and-loop takes minutes at 500,000 placements: one round of it there.
-            retention_result = bench_retention(db, caseload, naive_rounds=1 if n >= 200_000 else 3)
-            if not keep:  # dispatch writes to it: a kept caseload is not handed on
-                kept, kept_caseload = db, caseload
+    """Queue at every size (interleaved, :func:`bench_queue`), then retention at the size S (or M)
+    figure; keeps that database for dispatch."""
+    retention_result, kept, kept_caseload = None, None, None
+    sizes = sorted({*size["queue"], size["retention"]})
+    at = {n: caseload_db(kind, n, run_id) for n in sizes}  # (db, caseload, kept from an earlier run)
+    try:
+        per_size = bench_queue({n: at[n][:2] for n in size["queue"]}, size["queue_calls"])
+        for n in size["queue"]:
+            per_size[n]["follow_ups"] = at[n][1].follow_ups
+        db, caseload, keep = at[size["retention"]]
+        # The load-and-loop takes minutes at 500,000 placements: one round of it there.
+        retention_result = bench_retention(db, caseload, naive_rounds=1 if size["retention"] >= 200_000 else 3)
+        if not keep:  # dispatch writes to it: a kept caseload is not handed on
+            kept, kept_caseload = db, caseload
+    finally:
+        for db, _caseload, keep in at.values():
+            if db is kept:
                 continue
-        if keep:
-            db.engine.dispose()
-        else:
-            db.drop()
+            if keep:
+                db.engine.dispose()
+            else:
+                db.drop()
     small, large = per_size[min(per_size)], per_size[max(per_size)]
     queue = {
         "unit": "seconds per call of a worker's daily queue (200 clients; lower is better)",
@@ -1239,7 +1279,7 @@ def main() -> None:
     args = ap.parse_args()
     size_name = "quick" if args.quick else os.environ.get("BENCH_SIZE", "S").upper()
     if size_name not in SIZES:
-        sys.exit(f"BENCH_SIZE must be S or M, not {size_name!r}")
+        sys.exit(f"BENCH_SIZE must be S, M or L, not {size_name!r}")
     result = run([k.strip() for k in args.db.split(",") if k.strip()], size_name, set(args.only.split(",")))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
