@@ -213,6 +213,9 @@ def make_office(engine: Engine, *, workers: int, name: str = "Bench City") -> tu
         return office.id, [u.id for u in staff]
 
 
+CHUNK = 100_000  # placements written at a time
+
+
 def generate(engine: Engine, template: PlanTemplate, *, placements: int, seed: int = 2026) -> Caseload:
     """Write ``placements`` placements (one per client) with their follow-ups into one new office."""
     started = time.perf_counter()
@@ -247,7 +250,10 @@ def generate(engine: Engine, template: PlanTemplate, *, placements: int, seed: i
                 for i in range(placements)
             ),
         )
-        plan_rows, sep_rows, fu_rows = [], [], []
+        # In chunks, each chunk's placements before their follow-ups (the same random draws in the
+        # same order as all at once, so the same data): at size L the follow-ups alone are tens of
+        # millions of tuples, more than the memory of the machine.
+        plan_rows, sep_rows, fu_rows, n_fu = [], [], [], 0
         for i in range(placements):
             pid = p0 + i
             start = first_day + timedelta(days=rng.randrange(0, 730 + 30))
@@ -277,9 +283,11 @@ def generate(engine: Engine, template: PlanTemplate, *, placements: int, seed: i
             if sep:
                 sep_rows.append((office_id, pid, sep, "voluntary", NOW))
             fu_rows.extend(follow_up_rows(template, pid, office_id, worker, start, sep, rng))
-        bulk_insert(conn, "placement", PLACEMENT_COLS, plan_rows)
-        bulk_insert(conn, "separation", SEPARATION_COLS, sep_rows)
-        n_fu = bulk_insert(conn, "follow_up", FOLLOW_UP_COLS, fu_rows)
+            if len(plan_rows) == CHUNK or i == placements - 1:
+                bulk_insert(conn, "placement", PLACEMENT_COLS, plan_rows)
+                bulk_insert(conn, "separation", SEPARATION_COLS, sep_rows)
+                n_fu += bulk_insert(conn, "follow_up", FOLLOW_UP_COLS, fu_rows)
+                plan_rows, sep_rows, fu_rows = [], [], []
         reset_sequences(conn, ("client", "employer", "placement", "separation", "follow_up"))
     if engine.dialect.name == "postgresql":
         # What autovacuum does after a bulk load in production (an insert threshold triggers it):

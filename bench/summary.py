@@ -37,7 +37,8 @@ def render(result: dict, json_name: str) -> str:
         "# Benchmark summary",
         "",
         f"Size **{result['size']}**, run {result['started'][:19]}Z to {result['finished'][:19]}Z; raw figures in "
-        f"bench/results/ ({json_name}). Reproduce with `make bench` (`BENCH_SIZE=S|M`, `python -m bench.run --quick`).",
+        f"bench/results/ ({json_name}). Reproduce with `make bench` (`BENCH_SIZE=S|M|L`, "
+        "`python -m bench.run --quick`).",
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cpus')} CPUs, {m.get('memory_gb', '?')} GB; {m.get('platform')}; "
         f"Python {m.get('python')}, SQLite {m.get('sqlite')}, PostgreSQL {m.get('postgresql')} (local, defaults).",
@@ -198,12 +199,8 @@ def render(result: dict, json_name: str) -> str:
             lines += [f"- {k}: {_f(v) if not isinstance(v, dict) else v}" for k, v in extra.items()]
             lines += _targets(case)
             lines.append("")
-    lines += [
-        "## Not measured yet",
-        "",
-        "- Size L.",
-        "",
-    ]
+    if result.get("size") != "L":
+        lines += ["## Not measured here", "", "- Size L: `BENCH_SIZE=L`, see results/summary-L.md.", ""]
     return "\n".join(lines)
 
 
