@@ -47,7 +47,8 @@ demo-reset:  ## delete the demo database (asks first)
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts
 
-# Benchmarks (bench/README in bench/run.py): BENCH_SIZE=S (default) or M; BENCH_DB=sqlite,postgres.
+# Benchmarks (bench/README in bench/run.py): BENCH_SIZE=S (default), M or L (2,000,000 placements;
+# PostgreSQL, queue and retention: BENCH_ARGS='--only queue,retention'); BENCH_DB=sqlite,postgres.
 # Writes bench/results/<timestamp>.json and bench/results/summary.md. Needs PostgreSQL on 127.0.0.1
 # (or BENCH_PG_URL) for the PostgreSQL half.
 BENCH_DB ?= sqlite,postgres
