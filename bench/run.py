@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -41,7 +42,7 @@ from service.contacts import service as contacts
 from service.contacts.models import FollowUp, Placement, Separation
 from service.db import make_engine, make_session_factory
 from service.migrate import upgrade
-from service.outcomes.queue import OUTCOME_FIELDS
+from service.outcomes.queue import OUTCOME_FIELDS, daily_queue
 from service.schedules.calendar import add_months
 from service.schedules.plans import load_plans
 
@@ -620,8 +621,6 @@ class _QueueAt:
         ).all()
 
     def ours(self, u: StaffUser):
-        from service.outcomes.queue import daily_queue
-
         return daily_queue(self.session, worker=u, on=gen.TODAY)
 
     def check(self) -> None:
@@ -644,17 +643,19 @@ class _QueueAt:
     def call(self, i: int) -> None:
         """One call of ours, then one of the raw query, for the ``i``-th worker in turn."""
         user = self.users[i % len(self.users)]
-        for name, fn in (("ours", self.ours), ("raw", self.raw)):
-            c0, t0 = time.process_time(), time.perf_counter()
-            got = fn(user)
-            self.times[f"{name}_s"].append(time.perf_counter() - t0)
-            # CPU time of this process per call (user + system; the page reads are system time):
-            # what the call costs, apart from waiting for a core on a shared machine
-            self.times[f"{name}_cpu_s"].append(time.process_time() - c0)
-            if name == "ours":
-                ids, self.items = [item.follow_up_id for item in got.items], len(got.items)
-            else:
-                assert ids == [r[0] for r in got]
+        q = self._timed("ours", self.ours, user)
+        rows = self._timed("raw", self.raw, user)
+        self.items = len(q.items)
+        assert [item.follow_up_id for item in q.items] == [r[0] for r in rows]
+
+    def _timed(self, name: str, fn: Callable[[StaffUser], Any], user: StaffUser) -> Any:
+        # Beside the wall clock, the CPU time of this process per call (user + system; the page
+        # reads are system time): what the call costs, apart from waiting for a core.
+        c0 = time.process_time()
+        wall, out = timed(lambda: fn(user))
+        self.times[f"{name}_cpu_s"].append(time.process_time() - c0)
+        self.times[f"{name}_s"].append(wall)
+        return out
 
     def close(self) -> dict:
         """Takes the enrichment away; returns the figures."""

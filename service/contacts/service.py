@@ -353,6 +353,11 @@ def _by_id(conn: Any, columns: Sequence[Any], ids: Iterable[int]) -> dict[int, A
     return out
 
 
+def _copies(dialect: sa.Dialect) -> bool:
+    """Whether :func:`_insert_rows` sends rows by COPY (PostgreSQL through psycopg)."""
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+
 def _insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Rows straight to the driver in the connection's transaction: COPY on PostgreSQL, one
     executemany elsewhere. Each value is converted by its column type's own bind processor (the
@@ -381,7 +386,7 @@ def _insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]
         return tuple(out)
 
     data = [convert(row) for row in rows]
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+    if _copies(dialect):
         quote = dialect.identifier_preparer.quote
         sql = f"COPY {quote(table.name)} ({', '.join(quote(k) for k in keys)}) FROM STDIN"
         with conn.connection.dbapi_connection.cursor() as cur, cur.copy(sql) as copy:
@@ -401,8 +406,7 @@ def _insert_returning_ids(conn: sa.Connection, table: sa.Table, rows: list[dict[
     multi-row ``INSERT ... RETURNING`` of a thousand placements has 13,000 parameters, and psycopg
     parses a statement that long anew each time (its cache stops at 4,096 characters), which took
     15% of materializing 10,000 placements. Elsewhere one ``INSERT ... RETURNING``."""
-    dialect = conn.dialect
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+    if _copies(conn.dialect):
         ids = (
             conn.execute(
                 sa.text(
