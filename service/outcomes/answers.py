@@ -643,19 +643,23 @@ RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=3
 
 
 def _put_off(factory: sessionmaker[Session], inbound_id: int, now: datetime) -> None:
-    """One more failed try on a kept SMS, and when the next is due."""
+    """One more failed try on a kept SMS, and when the next is due. Through the session, so the
+    audit trail has the change (old and new ``attempts`` and ``next_attempt_at``) and who made it."""
     with session_scope(factory) as session:
-        conn = session.connection()
-        attempts = conn.execute(
-            update(_INBOUND)
+        attempts = session.exec(
+            select(_INBOUND.c.attempts)
             .where(_INBOUND.c.id == inbound_id, _INBOUND.c.processed_at.is_(None))
-            .values(attempts=_INBOUND.c.attempts + 1)
-            .returning(_INBOUND.c.attempts)
-        ).scalar()
+            .with_for_update()  # PostgreSQL: two schedulers putting it off count two tries
+        ).first()
         if attempts is None:
             return  # acted on meanwhile (by the API that kept it)
+        attempts += 1
         retry_at = now + RETRY_BACKOFF[min(attempts, len(RETRY_BACKOFF)) - 1]
-        conn.execute(update(_INBOUND).where(_INBOUND.c.id == inbound_id).values(next_attempt_at=retry_at))
+        session.exec(
+            update(_INBOUND)
+            .where(_INBOUND.c.id == inbound_id, _INBOUND.c.processed_at.is_(None))
+            .values(attempts=attempts, next_attempt_at=retry_at)
+        )
     log.warning("kept SMS %s: %s failed tries; the next at %s", inbound_id, attempts, retry_at.isoformat())
 
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import col
 
 from service.app import create_app
 from service.audit.models import AuditEvent
@@ -243,6 +244,19 @@ def test_an_sms_that_cannot_be_acted_on_is_put_off_and_holds_up_no_other(api, ht
     assert [(r.processed_at, r.attempts, r.next_attempt_at) for r in put_off] == [
         (None, 1, clock.now() + answers.RETRY_BACKOFF[0])
     ] * 2
+    # Each try that failed is in the audit trail, attributed like the rest of the job's changes.
+    trail = rows(
+        factory,
+        AuditEvent,
+        AuditEvent.record_type == "inbound_message",
+        AuditEvent.action == "update",
+        col(AuditEvent.record_id).in_(failing),
+    )
+    retry_at = (clock.now() + answers.RETRY_BACKOFF[0]).isoformat()
+    assert sorted((e.record_id, e.changes) for e in trail) == [
+        (i, {"attempts": {"old": 0, "new": 1}, "next_attempt_at": {"old": None, "new": retry_at}})
+        for i in sorted(failing)
+    ]
     metrics = scrape(http)
     assert sample(metrics, "teichaku_inbound_sms_waiting", state="put_off") == 2  # for the operators to look into
     assert sample(metrics, "teichaku_inbound_sms_waiting", state="new") == 0
