@@ -392,22 +392,30 @@ def test_a_sign_in_refused_for_now_stays_a_temporary_failure():
 
 
 def test_a_message_built_with_the_kept_header_classes_is_byte_for_byte_the_standard_librarys(monkeypatch):
-    # The adapter's policy only keeps the header classes the standard library makes anew each time.
+    # The adapter's policy only keeps the header classes the standard library makes anew each time,
+    # and the adapter keeps the sender's header (and the date's) parsed, as long as its text stays.
     import email.policy
     import re
+    from email.utils import parseaddr
 
     from aiosmtplib.email import flatten_message
 
     from service.contacts.messaging import smtp
 
     a = adapter(1)
+    a.sender = "岩見沢市 就労支援 <office@example.jp>"
     e = Email(7, "山田 太郎 <taro@example.jp>", "お仕事の様子 " * 8, BODY * 20, html="<p>お仕事の様子</p>")
-    ours = [flatten_message(a._message(e)) for _ in range(2)]  # the second with the classes kept
+    ours = [flatten_message(a._message(e)) for _ in range(2)]  # the second with the classes and headers kept
     monkeypatch.setattr(smtp, "_POLICY", email.policy.default)
-    theirs = flatten_message(a._message(e))
+    standard = adapter(1)
+    standard.sender = a.sender
+    theirs = flatten_message(standard._message(e))
 
     def same(b: bytes) -> bytes:  # but for the date, the Message-ID and the MIME boundary
         return re.sub(rb"(Date|Message-ID): [^\r\n]*|=+\d+==", b"", b)
 
     assert same(ours[0]) == same(ours[1]) == same(theirs)
     assert b"X-Teichaku-Outbox: 7" in ours[1] and b"=?utf-8?" in ours[1]
+    assert parseaddr(str(a._message(e)["From"])) == ("岩見沢市 就労支援", "office@example.jp")
+    a.sender = "Teichaku <other@example.jp>"  # a new sender is taken up at once, not the kept one
+    assert parseaddr(str(a._message(e)["From"])) == ("Teichaku", "other@example.jp")
