@@ -17,11 +17,11 @@ import cProfile
 import os
 import pstats
 import time
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from bench import load
+from bench.servers import cpu_seconds
 
 
 def _backend_cpu(engine: sa.Engine, dbname: str) -> float:
@@ -31,13 +31,11 @@ def _backend_cpu(engine: sa.Engine, dbname: str) -> float:
             sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": dbname}
         ).scalars()
         total = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
         for pid in pids:
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                total += cpu_seconds(pid)
+            except OSError:  # gone meanwhile
                 continue
-            total += (int(fields[11]) + int(fields[12])) / tick
         return total
 
 

@@ -1188,7 +1188,9 @@ def machine() -> dict:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "sqlite": sqlite3.sqlite_version,
-        "shared": "2 cores shared with other jobs: figures are indicative",
+        # How busy the machine was (1, 5 and 15 minute load averages), at the start and at the end
+        # of the run: read, not assumed; the summary states them.
+        "load_at_start": os.getloadavg(),
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -1269,6 +1271,7 @@ def run(kinds: list[str], size_name: str, only: set[str]) -> dict:
         out["results"]["twilio"] = {"sms": bench_sms(size)}
         log("sms done")
     out["finished"] = datetime.now(UTC).isoformat()
+    out["machine"]["load_at_end"] = os.getloadavg()
     return out
 
 

@@ -1,5 +1,6 @@
 """Servers the benchmarks start: a subprocess in its own process group, its output in
-bench/data/<name>.log, ready when its ``/healthz`` answers 200 (bench/load.py, bench/pages.py)."""
+bench/data/<name>.log, ready when its ``/healthz`` answers 200 (bench/load.py, bench/pages.py); and
+the CPU a process has used (bench/mail.py, bench/profile_webhooks.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU (user + system, seconds) the process ``pid`` has used so far, from /proc; OSError once it is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -31,6 +31,23 @@ def _targets(case: dict) -> list[str]:
     return out
 
 
+def _load(machine: dict) -> str:
+    """The machine's load averages over the run, as read (older runs only said it was shared)."""
+    start, end = machine.get("load_at_start"), machine.get("load_at_end")
+    if start is None or end is None:
+        return (
+            "Taken on a machine that may be shared (this run did not record its load): absolute figures are "
+            "noisy and indicative; the ratios, measured side by side in the same run, are the point."
+        )
+    shown = ", ".join
+    return (
+        f"Load average (1, 5, 15 min) at the start {shown(f'{x:.2f}' for x in start)}, at the end "
+        f"{shown(f'{x:.2f}' for x in end)} (the run's own processes count in it). Absolute figures move with "
+        "the machine (its speed has been seen to change 2x within minutes); the ratios, measured side by side "
+        "in the same run, are the point."
+    )
+
+
 def render(result: dict, json_name: str) -> str:
     m = result["machine"]
     lines = [
@@ -43,8 +60,7 @@ def render(result: dict, json_name: str) -> str:
         f"Machine: {m.get('cpu', '?')}, {m.get('cpus')} CPUs, {m.get('memory_gb', '?')} GB; {m.get('platform')}; "
         f"Python {m.get('python')}, SQLite {m.get('sqlite')}, PostgreSQL {m.get('postgresql')} (local, defaults).",
         "",
-        "**Taken on a shared machine** (2 cores shared with other jobs running tests at the same time): absolute "
-        "figures are noisy and indicative; the ratios, measured side by side in the same run, are the point.",
+        _load(m),
         "",
         f"Sizes: `{json.dumps(result['sizes'])}`. What each case compares, and where the time goes: "
         "[bench/README.md](../README.md).",
@@ -197,6 +213,13 @@ def render(result: dict, json_name: str) -> str:
                 )
             }
             lines += [f"- {k}: {_f(v) if not isinstance(v, dict) else v}" for k, v in extra.items()]
+            for k, per_path in case.items():
+                if k.startswith("cpu_ms_per_email"):
+                    lines += [f"- {k}:"]
+                    lines += [
+                        f"  - {path}: " + ", ".join(f"{side} {_f(ms)}" for side, ms in sides.items())
+                        for path, sides in per_path.items()
+                    ]
             lines += _targets(case)
             lines.append("")
     if result.get("size") != "L":
