@@ -393,7 +393,7 @@ def test_a_sign_in_refused_for_now_stays_a_temporary_failure():
 
 def test_a_message_built_with_the_kept_header_classes_is_byte_for_byte_the_standard_librarys(monkeypatch):
     # The adapter's policy only keeps the header classes the standard library makes anew each time,
-    # and the adapter keeps the sender's header (and the date's) parsed, as long as its text stays.
+    # and the headers it made last (by name and text), which messages then share.
     import email.policy
     import re
     from email.utils import parseaddr
@@ -416,6 +416,18 @@ def test_a_message_built_with_the_kept_header_classes_is_byte_for_byte_the_stand
 
     assert same(ours[0]) == same(ours[1]) == same(theirs)
     assert b"X-Teichaku-Outbox: 7" in ours[1] and b"=?utf-8?" in ours[1]
+    monkeypatch.undo()  # the adapter's own policy again
     assert parseaddr(str(a._message(e)["From"])) == ("岩見沢市 就労支援", "office@example.jp")
     a.sender = "Teichaku <other@example.jp>"  # a new sender is taken up at once, not the kept one
     assert parseaddr(str(a._message(e)["From"])) == ("Teichaku", "other@example.jp")
+
+    # Shared, not copied: the same header object in two messages, and changing one message's header
+    # (which puts a new object in its place) leaves the other's as it was.
+    first, second = a._message(e), a._message(Email(8, "c8@example.jp", e.subject, BODY))
+    assert first["Subject"] is second["Subject"] and first["From"] is second["From"]
+    assert first["To"] is not second["To"] and first["Message-ID"] != second["Message-ID"]
+    text = next(p for p in (second, *second.iter_parts()) if p.get_content_type() == "text/plain")
+    text.set_param("charset", "iso-2022-jp")
+    first_text = next(p for p in first.iter_parts() if p.get_content_type() == "text/plain")
+    assert (text.get_content_charset(), first_text.get_content_charset()) == ("iso-2022-jp", "utf-8")
+    assert b"charset=\"utf-8\"" in flatten_message(a._message(e))
