@@ -133,8 +133,9 @@ class _HeaderClasses(HeaderRegistry):
             cls = self._made[key] = type(made.__name__, (_FoldedOnce, made), {})
         return cls
 
-    def __call__(self, name: str, value: str):  # type: ignore[no-untyped-def]
-        return self._kept(name, value)
+    def __call__(self, name: str, value):  # type: ignore[no-untyped-def]
+        # Text is kept; anything else (a list of ``Address`` objects, say) is made each time.
+        return self._kept(name, value) if type(value) is str else super().__call__(name, value)
 
 
 _POLICY = default_policy.clone(header_factory=_HeaderClasses())  # the default policy otherwise
