@@ -396,6 +396,8 @@ def test_a_message_built_with_the_kept_header_classes_is_byte_for_byte_the_stand
     # and the headers it made last (by name and text), which messages then share.
     import email.policy
     import re
+    from email.headerregistry import Address
+    from email.message import EmailMessage
     from email.utils import parseaddr
 
     from aiosmtplib.email import flatten_message
@@ -432,9 +434,6 @@ def test_a_message_built_with_the_kept_header_classes_is_byte_for_byte_the_stand
     assert (text.get_content_charset(), first_text.get_content_charset()) == ("iso-2022-jp", "utf-8")
     assert b'charset="utf-8"' in flatten_message(a._message(e))
     # A header given as objects, not text, is made as the standard library makes it.
-    from email.headerregistry import Address
-    from email.message import EmailMessage
-
     given = EmailMessage(policy=smtp._POLICY)
     given["To"] = [Address("山田 太郎", "taro", "example.jp"), Address(addr_spec="b@example.jp")]
     assert str(given["To"]) == "山田 太郎 <taro@example.jp>, b@example.jp"
