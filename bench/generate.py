@@ -43,6 +43,7 @@ PLACEMENT_COLS = (
     "worker_id",
     "plan",
     "status",
+    "separated_on",
     "created_at",
     "updated_at",
 )
@@ -276,6 +277,7 @@ def generate(engine: Engine, template: PlanTemplate, *, placements: int, seed: i
                     worker,
                     template.name,
                     status,
+                    sep,  # separated_on: the separation's date, as record_separation writes it
                     NOW,
                     NOW,
                 )

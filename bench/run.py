@@ -326,6 +326,7 @@ def bench_materialize(db: Db, size: dict) -> dict:
                         worker,
                         gen.PLAN,
                         "active",
+                        None,
                         gen.NOW,
                         gen.NOW,
                     )

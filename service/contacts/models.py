@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from service.accounts.models import Language
-from service.db import StrEnumType, UTCDateTime, utcnow
+from service.db import StrEnumType, UTCDateTime, partial_index, utcnow
 
 
 class ClientCategory(enum.StrEnum):
@@ -154,6 +154,18 @@ class Placement(SQLModel, table=True):
             "client_id",
         ),
         sa.Index("ix_placement_office_client", "office_id", "client_id", "start_date"),
+        # The separated ones by end date, with every group key (migration 0017).
+        partial_index(
+            "ix_placement_separated",
+            "office_id",
+            "separated_on",
+            "start_date",
+            "worker_id",
+            "employer_id",
+            "employment_type",
+            "client_id",
+            where="separated_on IS NOT NULL",
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -167,14 +179,15 @@ class Placement(SQLModel, table=True):
     worker_id: int = Field(foreign_key="staff_user.id", index=True)
     plan: str = Field(max_length=64)
     status: PlacementStatus = Field(default=PlacementStatus.active, sa_type=StrEnumType(PlacementStatus))
+    # The separation's date (``Separation.date``), kept on the placement too so that retention
+    # reads one table's indexes; written with the separation (``record_separation``).
+    separated_on: date | None = None
     created_by: int | None = Field(default=None, foreign_key="staff_user.id")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class Separation(SQLModel, table=True):
-    __table_args__ = (sa.Index("ix_separation_retention", "office_id", "date", "placement_id"),)  # retention
-
     id: int | None = Field(default=None, primary_key=True)
     office_id: int = Field(foreign_key="office.id", index=True)
     placement_id: int = Field(foreign_key="placement.id", sa_column_kwargs={"unique": True})

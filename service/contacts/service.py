@@ -664,8 +664,7 @@ def update_placement(
     if start_date is not None and start_date != placement.start_date:
         if start_date < EARLIEST_START:
             raise ValidationFailed.one("start_date", f"must be on or after {EARLIEST_START}")
-        sep = session.exec(select(Separation).where(Separation.placement_id == placement.id)).first()
-        if sep and sep.date < start_date:
+        if placement.separated_on is not None and placement.separated_on < start_date:
             raise ValidationFailed.one("start_date", "must not be after the separation date")
         placement.start_date = start_date
         _redate(session, placement, _plan(plans, placement.plan), office)
@@ -741,7 +740,7 @@ def record_separation(
         fu.status_reason = f"separated on {separation_date.isoformat()}"
         fu.updated_at = utcnow()
         session.add(fu)
-    placement.status, placement.updated_at = PlacementStatus.separated, utcnow()
+    placement.status, placement.separated_on, placement.updated_at = PlacementStatus.separated, separation_date, utcnow()
     session.add(placement)
     if not separation_call:
         session.flush()

@@ -41,11 +41,13 @@ interval 'N months'`` (which clamps to the month's end), and on SQLite integer a
 ISO text (see its docstring for why that is exact), on keys computed once per row
 (:class:`sql_month_key`).
 
-Job retention is one pass over the placements and their separations on PostgreSQL. On SQLite,
-where every per-row expression costs, it is two cheaper ones (:func:`_all_placements`): every
-placement counted as if still employed (then it is eligible and retained exactly when mature)
-from ranges of start dates of an index, no per-row comparison at all; then, from the placements
-separated by ``as_of`` only (a fraction, read from the separations' index), what that overstates:
+A placement's end is its ``separated_on``, the separation's date kept on the placement (migration
+0017), so no report joins the separations. Job retention is one pass over the placements on
+PostgreSQL. On SQLite, where every per-row expression costs, it is two cheaper ones
+(:func:`_all_placements`): every placement counted as if still employed (then it is eligible and
+retained exactly when mature) from ranges of start dates of an index, no per-row comparison at
+all; then, from the placements separated by ``as_of`` only (a fraction, read from an index of
+the separated ones by end date), what that overstates:
 per N, those mature but not eligible or not retained by the definition. Employment retention
 starts from the same counts under the spell rule, every placement a spell of its own, then takes
 away the placements of clients with more than one and adds their spells instead, built with
@@ -74,7 +76,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session
 
 from service.accounts.models import Office, StaffUser
-from service.contacts.models import Client, Employer, Placement, Separation
+from service.contacts.models import Client, Employer, Placement
 from service.db import sqlite_indexed_by
 from service.outcomes.schemas import (
     CurveGroup,
@@ -258,7 +260,6 @@ def _ym_sqlite(element, compiler, **kw):
 # -- the rows everything is computed from ---------------------------------------------------
 
 _p = Placement.__table__
-_s = Separation.__table__
 _c = Client.__table__
 
 
@@ -268,6 +269,9 @@ _c = Client.__table__
 # row from the table, more than half again as slow; ``INDEXED BY`` also makes the statement
 # fail, rather than slow down, should the index go.
 _p_by_start = sqlite_indexed_by(_p, "ix_placement_retention", "placement_by_start")
+# The placements separated, by end date with every group key (migration 0017: a partial index of
+# the separated ones only), read from the index alone.
+_p_by_end = sqlite_indexed_by(_p, "ix_placement_separated", "placement_by_end")
 
 
 def _group_key(by: Grouping, p=_p):
@@ -286,19 +290,16 @@ def _placements(*, office_id: int, as_of: date, by: Grouping, where=None, ends: 
     """One row per placement of the office started on or before ``as_of`` (and after ``after``,
     if given): its group key, start, and (``ends``) its end as known on ``as_of``:
 
-    * ``"known"``: the separation date if on or before ``as_of``, else NULL (a left join);
-    * ``"none"``: no end, no join, read from ``ix_placement_retention`` alone (:func:`_everyone`);
+    * ``"known"``: the separation date (``separated_on``) if on or before ``as_of``, else NULL;
+    * ``"none"``: no end, read from ``ix_placement_retention`` alone (:func:`_everyone`);
     * ``"ended"``: only the placements separated on or before ``as_of``, with that date, read
-      from the separations first (a fraction of the placements)."""
-    p = _p_by_start if ends == "none" else _p
-    if ends == "ended":  # from ix_separation_retention, then each placement by its id
-        rows = _s.join(p, p.c.id == _s.c.placement_id)
-        end, known = _s.c.date, [_s.c.office_id == office_id, _s.c.date <= as_of]
+      from ``ix_placement_separated`` alone (a fraction of the placements)."""
+    p = {"none": _p_by_start, "ended": _p_by_end}.get(ends, _p)
+    rows, end, known = p, None, []
+    if ends == "ended":
+        end, known = p.c.separated_on, [p.c.separated_on <= as_of]
     elif ends == "known":
-        rows = p.outerjoin(_s, _s.c.placement_id == p.c.id)
-        end, known = sa.case((_s.c.date <= as_of, _s.c.date), else_=sa.null()), []
-    else:
-        rows, end, known = p, None, []
+        end = sa.case((p.c.separated_on <= as_of, p.c.separated_on), else_=sa.null())
     if by == Grouping.category:  # the only key that needs the client (a placement always has one)
         rows = rows.join(_c, _c.c.id == p.c.client_id)
     columns = [
@@ -566,7 +567,7 @@ def _everyone(session: Session, *, office_id: int, as_of: date, by: Grouping) ->
 
 def _all_placements(session: Session, *, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]):
     """Tallies of all the office's placements (each a spell of its own under the spell rule),
-    one per rule. PostgreSQL counts them in one pass over the placements and their separations.
+    one per rule. PostgreSQL counts them in one pass over the placements.
     SQLite, where each per-row expression costs, counts every placement as still employed from
     ranges of an index (:func:`_everyone`), then takes away what that overstates for the
     separated ones (:func:`_shortfall`, a fraction of the placements)."""

@@ -77,6 +77,7 @@ def placement(
         worker_id=worker_id or office.worker_ids[0],
         plan="standard-3m",
         status=PlacementStatus.separated if separated else PlacementStatus.active,
+        separated_on=separated,
     )
     session.add(p)
     session.flush()
@@ -151,6 +152,7 @@ def generate(session: Session, office: Office, *, placements: int, seed: int) ->
                 worker_id=rng.choice(office.worker_ids),
                 plan="standard-3m",
                 status=PlacementStatus.separated if sep else PlacementStatus.active,
+                separated_on=sep,
             ),
             sep,
         )

@@ -140,7 +140,7 @@ def test_the_file_is_one_snapshot_whatever_is_written_while_it_streams(api, fact
     streamed = [next(chunks), next(chunks)]  # the header, then the first four placements
     with session_scope(factory) as session:  # meanwhile, elsewhere: the last one leaves, one more starts
         last = session.get(Placement, ids[-1])
-        last.status = PlacementStatus.separated
+        last.status, last.separated_on = PlacementStatus.separated, date(2025, 2, 1)
         session.add(
             Separation(
                 office_id=world.office_a, placement_id=last.id, date=date(2025, 2, 1),

@@ -330,6 +330,20 @@ def test_separated_on_the_one_month_date_is_not_retained(api, factory, world):
     assert _month(_get(api, as_of="2027-02-27"), 1) == (0, 0, None)  # immature: rate is null
 
 
+def test_a_separation_recorded_through_the_api_counts_as_of_its_date(api, factory, world):
+    # Reports read the end from the placement (separated_on), written with the separation.
+    office = _office(world)
+    with session_scope(factory) as session:
+        pid = report_data.placement(session, office, start=date(2026, 1, 31))
+    assert _month(_get(api, as_of="2026-04-20"), 1) == (1, 1, 1.0)
+    api.ok(
+        api.post("a.worker", f"/api/v1/placements/{pid}/separation", json={"date": "2026-02-28", "reason": "health"}),
+        201,
+    )
+    assert _month(_get(api, as_of="2026-04-20"), 1) == (1, 0, 0.0)  # left on its one-month date
+    assert _month(_get(api, as_of="2026-02-27"), 1) == (0, 0, None)  # not mature, the end not yet known
+
+
 def test_employment_spells_by_hand(api, factory, world):
     office = _office(world)
     with session_scope(factory) as session:
