@@ -154,6 +154,7 @@ class Placement(SQLModel, table=True):
             "client_id",
         ),
         sa.Index("ix_placement_office_client", "office_id", "client_id", "start_date"),
+        sa.Index("ix_placement_worker_start", "office_id", "worker_id", "start_date"),  # by worker (0018)
         # The separated ones by end date, with every group key (migration 0017).
         partial_index(
             "ix_placement_separated",

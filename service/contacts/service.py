@@ -740,7 +740,8 @@ def record_separation(
         fu.status_reason = f"separated on {separation_date.isoformat()}"
         fu.updated_at = utcnow()
         session.add(fu)
-    placement.status, placement.separated_on, placement.updated_at = PlacementStatus.separated, separation_date, utcnow()
+    placement.status, placement.updated_at = PlacementStatus.separated, utcnow()
+    placement.separated_on = separation_date  # what retention reads (migration 0017)
     session.add(placement)
     if not separation_call:
         session.flush()

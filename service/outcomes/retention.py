@@ -63,6 +63,7 @@ Scope: an office sees only its own placements. The API allows managers and admin
 from __future__ import annotations
 
 import enum
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from functools import lru_cache
 from statistics import NormalDist
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session
@@ -314,19 +316,41 @@ def _placements(*, office_id: int, as_of: date, by: Grouping, where=None, ends: 
     return sa.select(*columns, *([] if end is None else [end.label("end")])).select_from(rows).where(*conditions)
 
 
-def _shares_client(*, office_id: int, as_of: date):
-    """The condition "the placement's client has more than one placement started by ``as_of``"."""
-    other = _p.alias("other")
-    several = (
-        sa.select(other.c.client_id)
-        .where(other.c.office_id == office_id, other.c.start_date <= as_of)
-        .group_by(other.c.client_id)
-        .having(sa.func.count() > 1)
+# The office's placements in client order (ix_placement_office_client, migration 0008): who has
+# several is one walk of the index, no sort (SQLite's planner would rather sort a range of
+# ix_placement_retention: more than twice as long).
+_p_by_client = sqlite_indexed_by(_p, "ix_placement_office_client", "placement_by_client")
+
+
+def _several_clients(session: Session, *, office_id: int, as_of: date) -> list[int]:
+    """The clients of the office with more than one placement started by ``as_of``: found once
+    per report and given to both statements that need them (:func:`_among_them`)."""
+    p = _p_by_client
+    return list(
+        session.execute(
+            sa.select(p.c.client_id)
+            .where(p.c.office_id == office_id, p.c.start_date <= as_of)
+            .group_by(p.c.client_id)
+            .having(sa.func.count() > 1)
+        ).scalars()
     )
-    return _p.c.client_id.in_(several)
 
 
-def _walked_spells(*, office_id: int, as_of: date, by: Grouping):
+def _among_them(dialect: str):
+    """The condition "the placement's client is one of ``:clients``" (:func:`_several_clients`):
+    a JSON array read by ``json_each`` on SQLite (a list of bound values would meet SQLite's
+    limit of 32,766 of them), an array on PostgreSQL."""
+    if dialect == "sqlite":
+        ids = sa.func.json_each(sa.bindparam("clients", type_=sa.String)).table_valued("value")
+        return _p.c.client_id.in_(sa.select(ids.c.value))
+    return _p.c.client_id == sa.any_(sa.bindparam("clients", type_=postgresql.ARRAY(sa.Integer)))
+
+
+def _clients_param(clients: list[int], dialect: str):
+    return json.dumps(clients) if dialect == "sqlite" else clients
+
+
+def _walked_spells(*, office_id: int, as_of: date, by: Grouping, dialect: str):
     """One row per employment spell of the clients with more than one placement: the key of the
     placement that started it, its start and its end (NULL while any of its placements is not
     separated). (A client's only placement is a spell by itself: see :func:`_employment_counts`.)
@@ -335,9 +359,7 @@ def _walked_spells(*, office_id: int, as_of: date, by: Grouping):
     ever while open) of an earlier placement of the client. Reach grows with the end, so that is
     "on or before the reach of the latest end so far": one running ``MAX`` of the ends (open as
     ``OPEN_END``), and the month arithmetic done once per placement after the window."""
-    base = _placements(
-        office_id=office_id, as_of=as_of, by=by, where=_shares_client(office_id=office_id, as_of=as_of)
-    ).subquery("placements")
+    base = _placements(office_id=office_id, as_of=as_of, by=by, where=_among_them(dialect)).subquery("placements")
     walk = {"partition_by": base.c.client_id, "order_by": (base.c.start, base.c.id)}
     latest_end_before = sa.func.max(sa.func.coalesce(base.c.end, sa.literal(OPEN_END, sa.Date))).over(
         **walk, rows=(None, -1)
@@ -378,7 +400,7 @@ def _mature(start, *, months: int, as_of: date):
     return start <= sa.literal(month_cutoff(as_of, months), sa.Date)
 
 
-def retained_at(start, end, *, months: int, as_of: date, spell: bool = False, keys=None):
+def retained_at(start, end, *, months: int, as_of: date, spell: bool = False, keys=None, ended: bool = False):
     """The definition, as two SQL conditions on a (start, end-as-known-on-as_of) row: is it
     eligible at N months (mature, and for a spell decided), and is it retained. Used by the
     rates below and by the per-placement exports (service/outcomes/exports.py).
@@ -386,10 +408,15 @@ def retained_at(start, end, *, months: int, as_of: date, spell: bool = False, ke
     Mature ("N-month date on or before ``as_of``") is ``start <= month_cutoff(as_of, N)``, a
     plain date comparison; kept ("no end, or an end after the N-month date") is
     :class:`sql_after_months`, the only per-row month arithmetic, needed for ended rows only.
-    ``keys``: the row's (start, end) as :class:`sql_month_key`, when a subquery has them."""
+    ``keys``: the row's (start, end) as :class:`sql_month_key`, when a subquery has them;
+    ``ended``: the rows all have an end (no NULL to test for).
+
+    Retained is the same condition under both rules: a kept spell is decided, so a spell's
+    "eligible and kept" is "mature and kept", a job's."""
     start_key, end_key = keys if keys is not None else (start, end)
     eligible = _mature(start, months=months, as_of=as_of)
-    kept = sa.or_(end.is_(None), sql_after_months(end_key, start_key, months))
+    after = sql_after_months(end_key, start_key, months)
+    kept = after if ended else sa.or_(end.is_(None), after)
     if spell:
         # A spell that ended by its N-month date may still be continued by a new job
         # starting within a month of its end: undecided until that month has passed.
@@ -403,16 +430,18 @@ def _key(value) -> str:
     return value.value if isinstance(value, enum.Enum) else str(value)
 
 
-_COUNTS = ("started", *(f"{kind}_{n}" for n in MONTHS for kind in ("mature", "eligible", "retained")))
+COUNTED = ("mature", "eligible", "retained")
+_COUNTS = ("started", *(f"{kind}_{n}" for n in MONTHS for kind in COUNTED))
 
 # Per key: "started" and, per N, the "mature_N", "eligible_N" and "retained_N" counts.
 Tally = dict[str, dict[str, int]]
 
 
-def _rows(kind: str, *, office_id: int, as_of: date, by: Grouping, fence: bool = True):
+def _rows(kind: str, *, office_id: int, as_of: date, by: Grouping, fence: bool = True, dialect: str = "sqlite"):
     """The rows counted: the office's placements ("placements", ends as known), those separated
     by ``as_of`` ("separated"), those of clients with several ("several", ends as known) and
-    these clients' walked spells ("walked"); each row with its month keys, computed once (OFFSET
+    these clients' walked spells ("walked"; both with the clients bound as ``:clients``,
+    :func:`_among_them`); each row with its month keys, computed once (OFFSET
     0, ``fence``, keeps the subquery apart, where SQLite would otherwise inline it and compute
     the keys again in each count that compares an end). On PostgreSQL a month key is the date
     itself, nothing to compute, and the fence would keep it from counting the placements with
@@ -422,10 +451,9 @@ def _rows(kind: str, *, office_id: int, as_of: date, by: Grouping, fence: bool =
     elif kind == "separated":
         rows = _placements(office_id=office_id, as_of=as_of, by=by, ends="ended")
     elif kind == "several":
-        shared = _shares_client(office_id=office_id, as_of=as_of)
-        rows = _placements(office_id=office_id, as_of=as_of, by=by, where=shared)
+        rows = _placements(office_id=office_id, as_of=as_of, by=by, where=_among_them(dialect))
     else:
-        rows = _walked_spells(office_id=office_id, as_of=as_of, by=by)
+        rows = _walked_spells(office_id=office_id, as_of=as_of, by=by, dialect=dialect)
     t = rows.subquery("periods")
     keys = sql_month_key(t.c.start).label("start_key"), sql_month_key(t.c.end).label("end_key")
     keyed = sa.select(t.c.key, t.c.start, t.c.end, *keys)
@@ -465,34 +493,44 @@ def _analytic(session: Session, kind: str) -> str:
 # as much as SQLite running it on a few thousand placements); the numbers are read anew each time.
 @lru_cache(maxsize=256)
 def _tally_statement(kind: str, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...], dialect: str):
-    t = _rows(kind, office_id=office_id, as_of=as_of, by=by, fence=_fenced(kind, dialect))
-    columns = [t.c.key, sa.func.count().label("started")]
+    t = _rows(kind, office_id=office_id, as_of=as_of, by=by, fence=_fenced(kind, dialect), dialect=dialect)
+    columns, keys = [t.c.key, sa.func.count().label("started")], (t.c.start_key, t.c.end_key)
     for n in MONTHS:
         columns.append(sa.func.count().filter(_mature(t.c.start, months=n, as_of=as_of)).label(f"mature_{n}"))
-        for i, spell in enumerate(rules):
-            keys = (t.c.start_key, t.c.end_key)
-            eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spell, keys=keys)
-            if spell:  # a job is eligible exactly when mature (retained_at): no second count
-                columns.append(sa.func.count().filter(eligible).label(f"eligible_{n}_{i}"))
-            columns.append(sa.func.count().filter(retained).label(f"retained_{n}_{i}"))
+        # Retained is one condition under both rules (retained_at), counted once; a job is
+        # eligible exactly when mature: the spells' eligibility is the one more count.
+        _, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, keys=keys)
+        columns.append(sa.func.count().filter(retained).label(f"retained_{n}"))
+        if any(rules):
+            eligible, _ = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=True, keys=keys)
+            columns.append(sa.func.count().filter(eligible).label(f"eligible_{n}"))
     return sa.select(*columns).group_by(t.c.key)
 
 
 def _tally(
-    session: Session, kind: str, *, office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...] = (True,)
+    session: Session,
+    kind: str,
+    *,
+    office_id: int,
+    as_of: date,
+    by: Grouping,
+    rules: tuple[bool, ...] = (True,),
+    clients: list[int] | None = None,
 ) -> list[Tally]:
     """Per key of the rows (:func:`_rows`): how many, and per N how many are mature, eligible and
     retained (:func:`retained_at`), in one pass; one tally per rule (``False``: job retention,
-    ``True``: spells)."""
+    ``True``: spells). ``clients``: the clients with several placements, for "several" and
+    "walked" (:func:`_several_clients`)."""
     tallies: list[Tally] = [{} for _ in rules]
     dialect = _analytic(session, kind)
-    for r in session.execute(_tally_statement(kind, office_id, as_of, by, rules, dialect)).mappings():
+    params = {} if clients is None else {"clients": _clients_param(clients, dialect)}
+    for r in session.execute(_tally_statement(kind, office_id, as_of, by, rules, dialect), params).mappings():
         for i, spell in enumerate(rules):
             counts = {"started": r["started"]}
             for n in MONTHS:
                 counts[f"mature_{n}"] = r[f"mature_{n}"]
-                counts[f"eligible_{n}"] = r[f"eligible_{n}_{i}"] if spell else r[f"mature_{n}"]
-                counts[f"retained_{n}"] = r[f"retained_{n}_{i}"]
+                counts[f"eligible_{n}"] = r[f"eligible_{n}" if spell else f"mature_{n}"]
+                counts[f"retained_{n}"] = r[f"retained_{n}"]
             tallies[i][_key(r["key"])] = counts
     return tallies
 
@@ -500,15 +538,16 @@ def _tally(
 @lru_cache(maxsize=256)
 def _shortfall_statement(office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]):
     t = _rows("separated", office_id=office_id, as_of=as_of, by=by)
-    columns = [t.c.key]
+    columns, keys = [t.c.key], (t.c.start_key, t.c.end_key)
     for n in MONTHS:
         mature = _mature(t.c.start, months=n, as_of=as_of)
-        for i, spell in enumerate(rules):
-            keys = (t.c.start_key, t.c.end_key)
-            eligible, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=spell, keys=keys)
-            if spell:  # a job is eligible exactly when mature (retained_at): never short
-                columns.append(sa.func.count().filter(sa.and_(mature, sa.not_(eligible))).label(f"eligible_{n}_{i}"))
-            columns.append(sa.func.count().filter(sa.and_(mature, sa.not_(retained))).label(f"retained_{n}_{i}"))
+        # As in _tally_statement: one count of the mature not retained serves both rules, and a
+        # job is eligible exactly when mature, so never short of eligible.
+        _, retained = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, keys=keys, ended=True)
+        columns.append(sa.func.count().filter(sa.and_(mature, sa.not_(retained))).label(f"retained_{n}"))
+        if any(rules):
+            eligible, _ = retained_at(t.c.start, t.c.end, months=n, as_of=as_of, spell=True, keys=keys, ended=True)
+            columns.append(sa.func.count().filter(sa.and_(mature, sa.not_(eligible))).label(f"eligible_{n}"))
     return sa.select(*columns).group_by(t.c.key)
 
 
@@ -520,7 +559,7 @@ def _shortfall(session: Session, *, office_id: int, as_of: date, by: Grouping, r
     for r in session.execute(_shortfall_statement(office_id, as_of, by, rules)).mappings():
         for i, spell in enumerate(rules):
             names = ("eligible", "retained") if spell else ("retained",)
-            tallies[i][_key(r["key"])] = {f"{name}_{n}": r[f"{name}_{n}_{i}"] for n in MONTHS for name in names}
+            tallies[i][_key(r["key"])] = {f"{name}_{n}": r[f"{name}_{n}"] for n in MONTHS for name in names}
     return tallies
 
 
@@ -535,29 +574,72 @@ def _combine(*parts: tuple[int, Tally]) -> Tally:
     return {key: counts for key, counts in total.items() if counts["started"]}
 
 
+# Groupings with an index by office, key and start date (migration 0018): counted key by key, a
+# range of that index per key and interval, where grouping the office's placements by key would
+# sort them all (SQLite has no hash aggregate): a fifth of the time at 500,000 placements. By
+# worker is the breakdown managers compare caseloads with.
+_KEY_AND_START = {Grouping.worker: ("ix_placement_worker_start", "worker_id")}
+
+
+def _keys_of(office_id: int, index: str, column: str):
+    """The distinct keys of the office's placements, read from ``index`` (office, key, ...) by a
+    loose index scan: the least key, then the least key after it, a seek each (SQLite's DISTINCT
+    reads every entry of the office: five times as long at 500,000 placements and 2,500 keys).
+    A key whose placements all start after as_of is among them, counts none, and goes
+    (:func:`_combine`)."""
+
+    def first_key(after=None):
+        p = sqlite_indexed_by(_p, index, "placement_by_key")
+        conditions = [p.c.office_id == office_id] + ([] if after is None else [p.c[column] > after])
+        return sa.select(sa.func.min(p.c[column])).where(*conditions).scalar_subquery().label("key")
+
+    keys = sa.select(first_key()).cte("keys", recursive=True)
+    keys = keys.union_all(sa.select(first_key(keys.c.key)).where(keys.c.key.is_not(None)))
+    return sa.select(keys.c.key).where(keys.c.key.is_not(None)).subquery("each_key")
+
+
 @lru_cache(maxsize=256)
 def _everyone_statement(office_id: int, as_of: date, by: Grouping):
-    """The statement of :func:`_everyone` and, per interval it counts, the counts it adds to."""
+    """The statement of :func:`_everyone`: per key, one count per interval (columns, or rows
+    numbered by ``part``), and per interval the counts it adds to."""
     cutoffs = {n: month_cutoff(as_of, n) for n in MONTHS}
     uppers = sorted({*cutoffs.values(), as_of})
-    parts, adds_to = [], []
-    for i, upper in enumerate(uppers):
-        after = uppers[i - 1] if i else None
+    intervals = [(uppers[i - 1] if i else None, upper) for i, upper in enumerate(uppers)]
+    adds_to = tuple(
+        ("started", *(f"{kind}_{n}" for n, cutoff in cutoffs.items() if upper <= cutoff for kind in COUNTED))
+        for _after, upper in intervals
+    )
+    if by in _KEY_AND_START:
+        index, column = _KEY_AND_START[by]
+        keys = _keys_of(office_id, index, column)
+        counts = []
+        for i, (after, upper) in enumerate(intervals):
+            q = sqlite_indexed_by(_p, index, f"part_{i}")
+            conditions = [q.c.office_id == office_id, q.c[column] == keys.c.key, q.c.start_date <= upper]
+            conditions += [] if after is None else [q.c.start_date > after]
+            counts.append(sa.select(sa.func.count()).where(*conditions).scalar_subquery())
+        return sa.select(keys.c.key, *counts), adds_to
+    parts = []
+    for i, (after, upper) in enumerate(intervals):
         rows = _placements(office_id=office_id, as_of=upper, by=by, after=after, ends="none").subquery(f"part_{i}")
         parts.append(sa.select(sa.literal(i).label("part"), rows.c.key, sa.func.count()).group_by(rows.c.key))
-        mature = [n for n, cutoff in cutoffs.items() if upper <= cutoff]
-        adds_to.append(("started", *(f"{kind}_{n}" for n in mature for kind in ("mature", "eligible", "retained"))))
-    return sa.union_all(*parts), tuple(adds_to)
+    return sa.union_all(*parts), adds_to
 
 
 def _everyone(session: Session, *, office_id: int, as_of: date, by: Grouping) -> Tally:
     """Every placement counted as still employed (eligible and retained exactly when mature):
-    per key, how many started in each interval between the cut-offs, a range of
-    ``ix_placement_retention`` each, read with no per-row comparison. Mature at N is the sum of
-    the intervals up to N's cut-off."""
+    per key, how many started in each interval between the cut-offs, a range of an index each
+    (``ix_placement_retention``, or the key's own: ``_KEY_AND_START``), read with no per-row
+    comparison. Mature at N is the sum of the intervals up to N's cut-off."""
     statement, adds_to = _everyone_statement(office_id, as_of, by)
+    per_key = by in _KEY_AND_START
+    rows = (
+        ((i, key, count) for key, *counts in session.execute(statement) for i, count in enumerate(counts))
+        if per_key
+        else session.execute(statement)
+    )
     out: Tally = {}
-    for part, key, count in session.execute(statement):
+    for part, key, count in rows:
         k = _key(key)
         counts = out.get(k) or out.setdefault(k, dict.fromkeys(_COUNTS, 0))
         for name in adds_to[part]:
@@ -590,8 +672,11 @@ def _employment_counts(session: Session, *, office_id: int, as_of: date, by: Gro
     away and their walked spells (:func:`_walked_spells`) added instead."""
     if alone is None:
         (alone,) = _all_placements(session, office_id=office_id, as_of=as_of, by=by, rules=(True,))
-    (several,) = _tally(session, "several", office_id=office_id, as_of=as_of, by=by)
-    (walked,) = _tally(session, "walked", office_id=office_id, as_of=as_of, by=by)
+    clients = _several_clients(session, office_id=office_id, as_of=as_of)
+    if not clients:  # every client's placement is a spell of its own
+        return _combine((1, alone))
+    (several,) = _tally(session, "several", office_id=office_id, as_of=as_of, by=by, clients=clients)
+    (walked,) = _tally(session, "walked", office_id=office_id, as_of=as_of, by=by, clients=clients)
     return _combine((1, alone), (-1, several), (1, walked))
 
 

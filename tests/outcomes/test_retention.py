@@ -404,6 +404,10 @@ def test_breakdowns_carry_labels_and_denominators(api, factory, world):
     ]
     workers = _get(api, by="worker", **as_of)
     assert {g["label"] for g in workers["groups"]} == {"Worker A", "Worker2 A"}
+    # A worker whose placements all start after as_of has no group (nor an empty one).
+    workers = _get(api, by="worker", as_of="2026-01-31")
+    assert [(g["label"], g["started"]) for g in workers["groups"]] == [("Worker A", 1)]
+    assert [g["label"] for g in workers["employment"]] == ["Worker A"]
     kinds = _get(api, by="employment_type", **as_of)
     assert {g["key"] for g in kinds["groups"]} == {"general", "certified_training"}
     offices = _get(api, by="office", **as_of)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.db import session_scope
-from service.outcomes.retention import Grouping, _tally, _tally_statement, retention
+from service.outcomes.retention import Grouping, _several_clients, _tally, _tally_statement, retention
 from tests.outcomes import report_data
 from tests.outcomes.test_retention import _office
 
@@ -71,8 +71,10 @@ def test_the_spell_walk_runs_in_one_process_and_the_placements_in_parallel(facto
         default = session.execute(sa.text("SHOW max_parallel_workers_per_gather")).scalar_one()
         assert default != "0"
         seen = []
+        clients = _several_clients(session, office_id=world.office_a, as_of=AS_OF)
+        assert clients  # the walk has clients to walk
         for kind in ("placements", "several", "walked", "placements"):
-            _tally(session, kind, office_id=world.office_a, as_of=AS_OF, by=Grouping.worker)
+            _tally(session, kind, office_id=world.office_a, as_of=AS_OF, by=Grouping.worker, clients=clients)
             seen.append(session.execute(sa.text("SHOW max_parallel_workers_per_gather")).scalar_one())
         assert seen == [default, "0", "0", default]
         session.rollback()
