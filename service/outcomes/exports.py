@@ -208,7 +208,9 @@ class _Ctx:
 
 def _placement_batches(session: Session, ctx: _Ctx, *, as_of: date, date_from, date_to, batch: int):
     office_id = ctx.office.id
-    known_end = sa.case((col(Separation.date) <= as_of, col(Separation.date)), else_=sa.null())
+    # The end as the reports read it (the placement's own, migration 0017); the separation row
+    # is joined for its reason.
+    known_end = sa.case((col(Placement.separated_on) <= as_of, col(Placement.separated_on)), else_=sa.null())
     marks = []
     for n in MONTHS:
         eligible, retained = retained_at(col(Placement.start_date), known_end, months=n, as_of=as_of)

@@ -437,7 +437,7 @@ _COUNTS = ("started", *(f"{kind}_{n}" for n in MONTHS for kind in COUNTED))
 Tally = dict[str, dict[str, int]]
 
 
-def _rows(kind: str, *, office_id: int, as_of: date, by: Grouping, fence: bool = True, dialect: str = "sqlite"):
+def _rows(kind: str, *, office_id: int, as_of: date, by: Grouping, dialect: str, fence: bool = True):
     """The rows counted: the office's placements ("placements", ends as known), those separated
     by ``as_of`` ("separated"), those of clients with several ("several", ends as known) and
     these clients' walked spells ("walked"; both with the clients bound as ``:clients``,
@@ -537,7 +537,7 @@ def _tally(
 
 @lru_cache(maxsize=256)
 def _shortfall_statement(office_id: int, as_of: date, by: Grouping, rules: tuple[bool, ...]):
-    t = _rows("separated", office_id=office_id, as_of=as_of, by=by)
+    t = _rows("separated", office_id=office_id, as_of=as_of, by=by, dialect="sqlite")  # SQLite's way only
     columns, keys = [t.c.key], (t.c.start_key, t.c.end_key)
     for n in MONTHS:
         mature = _mature(t.c.start, months=n, as_of=as_of)
